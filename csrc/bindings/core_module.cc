@@ -1,0 +1,249 @@
+// pybind11 glue for the C++ core. No logic here: conversions only. The GIL is released around
+// schedule() and update(); StepPlan arrays are zero-copy numpy views owned by the scheduler.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+
+#include "pyserve/block_allocator.h"
+#include "pyserve/scheduler.h"
+
+namespace py = pybind11;
+using namespace pyserve;
+
+namespace {
+
+template <typename T>
+py::array_t<T> view(const std::vector<T>& v, py::handle owner, ssize_t cols = 1) {
+  if (cols == 1) return py::array_t<T>({ssize_t(v.size())}, {ssize_t(sizeof(T))}, v.data(), owner);
+  return py::array_t<T>({ssize_t(v.size()) / cols, cols},
+                        {ssize_t(sizeof(T) * cols), ssize_t(sizeof(T))}, v.data(), owner);
+}
+
+#define PLAN_ARRAY(name) \
+  def_property_readonly( \
+      #name, [](py::object self) { return view(self.cast<const StepPlan&>().name, self); })
+#define PLAN_PAIRS(name) \
+  def_property_readonly( \
+      #name, [](py::object self) { return view(self.cast<const StepPlan&>().name, self, 2); })
+
+void bind_config(py::module_& m) {
+  py::class_<SchedulerConfig>(m, "SchedulerConfig")
+      .def(py::init<>())
+      .def_readwrite("num_gpu_blocks", &SchedulerConfig::num_gpu_blocks)
+      .def_readwrite("num_cpu_blocks", &SchedulerConfig::num_cpu_blocks)
+      .def_readwrite("block_size", &SchedulerConfig::block_size)
+      .def_readwrite("enable_prefix_caching", &SchedulerConfig::enable_prefix_caching)
+      .def_readwrite("prefix_hash_mask", &SchedulerConfig::prefix_hash_mask)
+      .def_readwrite("max_num_batched_tokens", &SchedulerConfig::max_num_batched_tokens)
+      .def_readwrite("max_num_seqs", &SchedulerConfig::max_num_seqs)
+      .def_readwrite("max_model_len", &SchedulerConfig::max_model_len)
+      .def_property(
+          "preemption_mode",
+          [](const SchedulerConfig& c) {
+            return c.preemption_mode == PreemptionMode::kSwap ? "swap" : "recompute";
+          },
+          [](SchedulerConfig& c, const std::string& s) {
+            if (s == "swap")
+              c.preemption_mode = PreemptionMode::kSwap;
+            else if (s == "recompute")
+              c.preemption_mode = PreemptionMode::kRecompute;
+            else
+              throw std::invalid_argument("preemption_mode must be 'recompute' or 'swap', got '" +
+                                          s + "'");
+          })
+      .def_readwrite("max_preemptions_per_step", &SchedulerConfig::max_preemptions_per_step)
+      .def_readwrite("min_steps_between_preemptions",
+                     &SchedulerConfig::min_steps_between_preemptions)
+      .def_readwrite("policy", &SchedulerConfig::policy)
+      .def("validate", &SchedulerConfig::validate);
+}
+
+void bind_plan(py::module_& m) {
+  py::class_<StepPlan>(m, "StepPlan")
+      .def_readonly("num_decodes", &StepPlan::num_decodes)
+      .def_readonly("num_prefills", &StepPlan::num_prefills)
+      .def_readonly("step", &StepPlan::step)
+      .def_property_readonly("num_seqs", &StepPlan::num_seqs)
+      .def_property_readonly("num_tokens", &StepPlan::num_tokens)
+      .def_property_readonly("num_samples",
+                             [](const StepPlan& p) { return p.sample_seq_idx.size(); })
+      .PLAN_ARRAY(seq_ids)
+      .PLAN_ARRAY(input_ids)
+      .PLAN_ARRAY(positions)
+      .PLAN_ARRAY(slot_mapping)
+      .PLAN_ARRAY(qo_indptr)
+      .PLAN_ARRAY(kv_indptr)
+      .PLAN_ARRAY(kv_indices)
+      .PLAN_ARRAY(kv_last_page_len)
+      .PLAN_ARRAY(seq_lens)
+      .PLAN_ARRAY(sample_seq_idx)
+      .PLAN_ARRAY(sample_token_idx)
+      .PLAN_PAIRS(swap_out)
+      .PLAN_PAIRS(swap_in)
+      .PLAN_PAIRS(copy)
+      .PLAN_ARRAY(preempted);
+}
+
+py::dict request_info(const Scheduler& s, SeqId id) {
+  const Request& r = s.request(id);
+  py::dict d;
+  d["request_id"] = r.spec.request_id;
+  d["status"] = status_name(r.status);
+  d["finish_reason"] = r.finish == FinishReason::kNone
+                           ? py::object(py::none())
+                           : py::object(py::str(finish_reason_name(r.finish)));
+  d["num_prompt_tokens"] = r.num_prompt;
+  d["output_token_ids"] = std::vector<TokenId>(r.tokens.begin() + r.num_prompt, r.tokens.end());
+  d["num_computed_tokens"] = r.num_computed;
+  d["num_cached_tokens"] = r.num_cached_tokens;
+  d["num_preemptions"] = r.num_preemptions;
+  d["service"] = r.service;
+  d["block_ids"] = r.blocks;
+  d["cpu_block_ids"] = r.cpu_blocks;
+  d["priority_key"] = py::make_tuple(r.key.k0, r.key.k1, r.key.k2, r.key.k3);
+  d["queue"] = r.queue;
+  return d;
+}
+
+py::dict stats_dict(const Scheduler& s) {
+  SchedulerStats st = s.stats();
+  py::dict d;
+  d["num_running"] = st.num_running;
+  d["num_waiting"] = st.num_waiting;
+  d["num_swapped"] = st.num_swapped;
+  d["gpu_blocks_free"] = st.gpu_blocks_free;
+  d["gpu_blocks_total"] = st.gpu_blocks_total;
+  d["gpu_blocks_used"] = st.gpu_blocks_total - st.gpu_blocks_free;
+  d["gpu_blocks_cached"] = st.gpu_blocks_cached;
+  d["cpu_blocks_free"] = st.cpu_blocks_free;
+  d["cpu_blocks_total"] = st.cpu_blocks_total;
+  d["num_preemptions_recompute"] = st.num_preemptions_recompute;
+  d["num_preemptions_swap"] = st.num_preemptions_swap;
+  d["blocks_swapped_out"] = st.blocks_swapped_out;
+  d["blocks_swapped_in"] = st.blocks_swapped_in;
+  d["prefix_query_tokens"] = st.prefix_query_tokens;
+  d["prefix_hit_tokens"] = st.prefix_hit_tokens;
+  d["num_steps"] = st.num_steps;
+  return d;
+}
+
+SeqId add_request(Scheduler& s, const std::string& request_id,
+                  py::array_t<int32_t, py::array::c_style | py::array::forcecast> prompt,
+                  int max_tokens, int min_tokens, bool ignore_eos,
+                  std::vector<TokenId> stop_token_ids, double priority, double arrival_time,
+                  std::string cache_salt, std::string program_id, std::string thread_id,
+                  std::vector<std::string> parent_ids, double ltr_score, double remaining_hint,
+                  double program_remaining_hint) {
+  if (prompt.ndim() != 1) throw std::invalid_argument("prompt must be a 1-D sequence of token ids");
+  RequestSpec spec;
+  spec.request_id = request_id;
+  spec.prompt.assign(prompt.data(), prompt.data() + prompt.size());
+  spec.max_tokens = max_tokens;
+  spec.min_tokens = min_tokens;
+  spec.ignore_eos = ignore_eos;
+  spec.stop_token_ids = std::move(stop_token_ids);
+  spec.priority = priority;
+  spec.arrival_time = arrival_time;
+  spec.cache_salt = std::move(cache_salt);
+  spec.program_id = std::move(program_id);
+  spec.thread_id = std::move(thread_id);
+  spec.parent_ids = std::move(parent_ids);
+  spec.ltr_score = ltr_score;
+  spec.remaining_hint = remaining_hint;
+  spec.program_remaining_hint = program_remaining_hint;
+  return s.add_request(std::move(spec));
+}
+
+py::list update(Scheduler& s,
+                py::array_t<int32_t, py::array::c_style | py::array::forcecast> sampled,
+                double step_seconds) {
+  std::vector<Finished> fin;
+  {
+    py::gil_scoped_release release;
+    fin = s.update(sampled.data(), int(sampled.size()), step_seconds);
+  }
+  py::list out;
+  for (const auto& f : fin) out.append(py::make_tuple(f.id, finish_reason_name(f.reason)));
+  return out;
+}
+
+void bind_scheduler(py::module_& m) {
+  py::class_<Scheduler>(m, "Scheduler")
+      .def(py::init<const SchedulerConfig&, std::vector<TokenId>>(), py::arg("config"),
+           py::arg("eos_token_ids") = std::vector<TokenId>{})
+      .def("add_request", &add_request, py::arg("request_id"), py::arg("prompt"),
+           py::arg("max_tokens") = 16, py::arg("min_tokens") = 0, py::arg("ignore_eos") = false,
+           py::arg("stop_token_ids") = std::vector<TokenId>{}, py::arg("priority") = 0.0,
+           py::arg("arrival_time") = 0.0, py::arg("cache_salt") = "", py::arg("program_id") = "",
+           py::arg("thread_id") = "", py::arg("parent_ids") = std::vector<std::string>{},
+           py::arg("ltr_score") = 0.0, py::arg("remaining_hint") = -1.0,
+           py::arg("program_remaining_hint") = -1.0)
+      .def("abort", &Scheduler::abort, py::arg("request_id"))
+      .def("schedule", &Scheduler::schedule, py::return_value_policy::reference_internal,
+           py::call_guard<py::gil_scoped_release>())
+      .def("update", &update, py::arg("sampled"), py::arg("step_seconds") = 0.0)
+      .def("find", &Scheduler::find)
+      .def("request_info", &request_info)
+      .def("stats", &stats_dict)
+      .def("has_unfinished", &Scheduler::has_unfinished)
+      .def("check_invariants", &Scheduler::check_invariants)
+      .def_property_readonly("now", &Scheduler::now)
+      .def_property_readonly("policy_name", [](const Scheduler& s) { return s.policy().name(); })
+      .def("ref_count", [](const Scheduler& s, BlockId b) { return s.allocator().ref_count(b); })
+      .def("is_cached", [](const Scheduler& s, BlockId b) { return s.allocator().is_cached(b); })
+      .def("free_list", [](const Scheduler& s) { return s.allocator().free_list(); });
+}
+
+void bind_allocator(py::module_& m) {
+  py::class_<BlockAllocator>(m, "BlockAllocator")
+      .def(py::init<int, int, uint64_t>(), py::arg("num_blocks"), py::arg("block_size"),
+           py::arg("hash_mask") = ~uint64_t{0})
+      .def_property_readonly("num_free", &BlockAllocator::num_free)
+      .def_property_readonly("num_blocks", &BlockAllocator::num_blocks)
+      .def_property_readonly("num_cached", &BlockAllocator::num_cached)
+      .def("allocate", &BlockAllocator::allocate)
+      .def("incref", &BlockAllocator::incref)
+      .def("decref", &BlockAllocator::decref)
+      .def("ref_count", &BlockAllocator::ref_count)
+      .def("is_cached", &BlockAllocator::is_cached)
+      .def("free_list", &BlockAllocator::free_list)
+      .def("check", &BlockAllocator::check)
+      .def(
+          "lookup",
+          [](BlockAllocator& a, const std::vector<TokenId>& tokens, uint64_t salt) {
+            std::vector<BlockId> hits;
+            std::vector<uint64_t> hashes;
+            a.lookup(tokens.data(), int(tokens.size()), salt, &hits, &hashes);
+            return py::make_tuple(hits, hashes);
+          },
+          py::arg("tokens"), py::arg("salt_hash") = 0)
+      .def(
+          "register_block",
+          [](BlockAllocator& a, BlockId b, BlockId parent, uint64_t parent_hash,
+             const std::vector<TokenId>& tokens, uint64_t salt) {
+            if (int(tokens.size()) != a.block_size())
+              throw std::invalid_argument("register_block needs exactly block_size tokens");
+            uint64_t h = 0;
+            BlockId c = a.register_block(b, parent, parent_hash, tokens.data(), salt, &h);
+            return py::make_tuple(c, h);
+          },
+          py::arg("block"), py::arg("parent"), py::arg("parent_hash"), py::arg("tokens"),
+          py::arg("salt_hash") = 0);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "pyserve C++ scheduling core";
+  bind_config(m);
+  bind_plan(m);
+  bind_scheduler(m);
+  bind_allocator(m);
+  m.def("policy_names", &policy_names);
+  m.def("hash_string", &hash_string);
+  m.def("hash_block", [](uint64_t parent, const std::vector<TokenId>& t, uint64_t salt) {
+    return hash_block(parent, t.data(), int(t.size()), salt);
+  });
+}

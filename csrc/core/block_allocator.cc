@@ -1,0 +1,195 @@
+#include "pyserve/block_allocator.h"
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace pyserve {
+
+namespace {
+inline uint64_t mix(uint64_t h, uint64_t v) {
+  // splitmix64-style avalanche of (h ^ v); cheap and well distributed.
+  uint64_t z = h ^ (v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2));
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+}  // namespace
+
+uint64_t hash_block(uint64_t parent_hash, const TokenId* tokens, int n, uint64_t salt_hash) {
+  uint64_t h = mix(0x51ed270b27e5d4c1ULL, parent_hash);
+  h = mix(h, salt_hash);
+  for (int i = 0; i < n; ++i) h = mix(h, static_cast<uint32_t>(tokens[i]));
+  return h;
+}
+
+uint64_t hash_string(const std::string& s) {
+  if (s.empty()) return 0;
+  uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a, then mixed
+  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ULL;
+  return mix(h, s.size());
+}
+
+BlockAllocator::BlockAllocator(int num_blocks, int block_size, uint64_t hash_mask)
+    : block_size_(block_size),
+      hash_mask_(hash_mask),
+      meta_(num_blocks),
+      tokens_(size_t(num_blocks) * block_size) {
+  for (BlockId b = 0; b < num_blocks; ++b) push_back(b);
+}
+
+void BlockAllocator::unlink(BlockId b) {
+  Meta& m = meta_[b];
+  if (m.prev != kNoBlock)
+    meta_[m.prev].next = m.next;
+  else
+    head_ = m.next;
+  if (m.next != kNoBlock)
+    meta_[m.next].prev = m.prev;
+  else
+    tail_ = m.prev;
+  m.prev = m.next = kNoBlock;
+  m.in_free_list = false;
+  --num_free_;
+}
+
+void BlockAllocator::push_back(BlockId b) {
+  Meta& m = meta_[b];
+  m.prev = tail_;
+  m.next = kNoBlock;
+  if (tail_ != kNoBlock)
+    meta_[tail_].next = b;
+  else
+    head_ = b;
+  tail_ = b;
+  m.in_free_list = true;
+  ++num_free_;
+}
+
+void BlockAllocator::evict(BlockId b) {
+  Meta& m = meta_[b];
+  if (m.hash_valid) {
+    auto it = cache_.find(m.hash);
+    if (it != cache_.end() && it->second == b) cache_.erase(it);
+    m.hash_valid = false;
+  }
+  ++m.gen;  // children registered under the old contents can never verify again
+}
+
+BlockId BlockAllocator::allocate() {
+  if (head_ == kNoBlock) return kNoBlock;
+  BlockId b = head_;
+  unlink(b);
+  evict(b);
+  meta_[b].ref = 1;
+  return b;
+}
+
+void BlockAllocator::check_id(BlockId b) const {
+  if (b < 0 || b >= num_blocks())
+    throw std::out_of_range("block id " + std::to_string(b) + " out of range");
+}
+
+void BlockAllocator::incref(BlockId b) {
+  check_id(b);
+  Meta& m = meta_[b];
+  if (m.in_free_list) unlink(b);
+  ++m.ref;
+}
+
+void BlockAllocator::decref(BlockId b) {
+  check_id(b);
+  Meta& m = meta_[b];
+  if (m.ref <= 0) throw std::logic_error("decref of free block " + std::to_string(b));
+  if (--m.ref == 0) push_back(b);
+}
+
+bool BlockAllocator::matches(BlockId b, BlockId parent, const TokenId* tokens,
+                             uint64_t salt_hash) const {
+  const Meta& m = meta_[b];
+  if (!m.hash_valid || m.parent != parent || m.salt != salt_hash) return false;
+  if (parent != kNoBlock && m.parent_gen != meta_[parent].gen) return false;
+  return std::memcmp(tokens_of(b), tokens, sizeof(TokenId) * block_size_) == 0;
+}
+
+void BlockAllocator::lookup(const TokenId* tokens, int n, uint64_t salt_hash,
+                            std::vector<BlockId>* hits, std::vector<uint64_t>* hashes) {
+  uint64_t parent_hash = 0;
+  BlockId parent = kNoBlock;
+  for (int start = 0; start + block_size_ <= n; start += block_size_) {
+    const TokenId* blk = tokens + start;
+    uint64_t h = hash_block(parent_hash, blk, block_size_, salt_hash) & hash_mask_;
+    auto it = cache_.find(h);
+    if (it == cache_.end() || !matches(it->second, parent, blk, salt_hash)) break;
+    incref(it->second);
+    hits->push_back(it->second);
+    hashes->push_back(h);
+    parent_hash = h;
+    parent = it->second;
+  }
+}
+
+BlockId BlockAllocator::register_block(BlockId b, BlockId parent, uint64_t parent_hash,
+                                       const TokenId* tokens, uint64_t salt_hash, uint64_t* hash) {
+  uint64_t h = hash_block(parent_hash, tokens, block_size_, salt_hash) & hash_mask_;
+  *hash = h;
+  Meta& m = meta_[b];
+  if (m.hash_valid) return b;  // already cached (a prefix hit)
+  auto it = cache_.find(h);
+  if (it != cache_.end()) return matches(it->second, parent, tokens, salt_hash) ? it->second : b;
+  m.hash_valid = true;
+  m.hash = h;
+  m.parent = parent;
+  m.parent_gen = parent == kNoBlock ? 0 : meta_[parent].gen;
+  m.salt = salt_hash;
+  std::memcpy(&tokens_[size_t(b) * block_size_], tokens, sizeof(TokenId) * block_size_);
+  cache_.emplace(h, b);
+  return b;
+}
+
+std::vector<BlockId> BlockAllocator::free_list() const {
+  std::vector<BlockId> out;
+  for (BlockId b = head_; b != kNoBlock; b = meta_[b].next) out.push_back(b);
+  return out;
+}
+
+void BlockAllocator::check() const {
+  int n_free = 0;
+  BlockId prev = kNoBlock;
+  for (BlockId b = head_; b != kNoBlock; b = meta_[b].next) {
+    if (meta_[b].ref != 0) throw std::logic_error("block in free list with refs");
+    if (meta_[b].prev != prev) throw std::logic_error("free list links broken");
+    prev = b;
+    if (++n_free > num_blocks()) throw std::logic_error("free list cycle");
+  }
+  if (n_free != num_free_) throw std::logic_error("free count mismatch");
+  for (BlockId b = 0; b < num_blocks(); ++b) {
+    const Meta& m = meta_[b];
+    if (m.ref < 0) throw std::logic_error("negative ref count");
+    if ((m.ref == 0) != m.in_free_list) throw std::logic_error("ref/free-list disagreement");
+  }
+  for (const auto& [h, b] : cache_) {
+    if (!meta_[b].hash_valid || meta_[b].hash != h) throw std::logic_error("cache map stale");
+  }
+}
+
+CpuPool::CpuPool(int num_blocks) : total_(num_blocks), is_free_(num_blocks, true) {
+  free_.reserve(num_blocks);
+  for (BlockId b = num_blocks - 1; b >= 0; --b) free_.push_back(b);
+}
+
+BlockId CpuPool::allocate() {
+  if (free_.empty()) return kNoBlock;
+  BlockId b = free_.back();
+  free_.pop_back();
+  is_free_[b] = false;
+  return b;
+}
+
+void CpuPool::free(BlockId b) {
+  if (is_free_[b]) throw std::logic_error("double free of CPU block " + std::to_string(b));
+  is_free_[b] = true;
+  free_.push_back(b);
+}
+
+}  // namespace pyserve

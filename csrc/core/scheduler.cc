@@ -1,0 +1,141 @@
+// Scheduler lifecycle: requests in and out, the step's phase order, stats and invariants.
+#include "pyserve/scheduler.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+namespace pyserve {
+
+Scheduler::Scheduler(const SchedulerConfig& cfg, std::vector<TokenId> eos_token_ids)
+    : cfg_((cfg.validate(), cfg)),
+      eos_(std::move(eos_token_ids)),
+      policy_(make_policy(cfg)),
+      gpu_(cfg.num_gpu_blocks, cfg.block_size, cfg.prefix_hash_mask),
+      cpu_(cfg.num_cpu_blocks) {}
+
+SeqId Scheduler::add_request(RequestSpec spec) {
+  if (spec.request_id.empty()) throw std::invalid_argument("request_id must not be empty");
+  if (ids_.count(spec.request_id))
+    throw std::invalid_argument("duplicate request id '" + spec.request_id + "'");
+  if (spec.prompt.empty())
+    throw std::invalid_argument("request '" + spec.request_id + "' has an empty prompt");
+  if (int(spec.prompt.size()) > cfg_.max_model_len)
+    throw std::invalid_argument(
+        "request '" + spec.request_id + "': prompt of " + std::to_string(spec.prompt.size()) +
+        " tokens is longer than max_model_len " + std::to_string(cfg_.max_model_len));
+  if (spec.max_tokens < 1) throw std::invalid_argument("max_tokens must be >= 1");
+  if (spec.min_tokens < 0) throw std::invalid_argument("min_tokens must be >= 0");
+  SeqId id;
+  if (!free_slots_.empty()) {
+    id = free_slots_.back();
+    free_slots_.pop_back();
+  } else {
+    id = static_cast<SeqId>(slots_.size());
+    slots_.emplace_back();
+  }
+  auto r = std::make_unique<Request>();
+  r->id = id;
+  r->tokens = spec.prompt;
+  r->num_prompt = static_cast<int>(spec.prompt.size());
+  r->salt_hash = hash_string(spec.cache_salt);
+  r->arrival_seq = arrivals_++;
+  r->spec = std::move(spec);
+  now_ = std::max(now_, r->spec.arrival_time);
+  slots_[id] = std::move(r);
+  Request& q = *slots_[id];
+  ids_.emplace(q.spec.request_id, id);
+  policy_->on_arrival(q, now_);
+  enqueue(waiting_, q);
+  return id;
+}
+
+void Scheduler::abort(const std::string& request_id) {
+  auto it = ids_.find(request_id);
+  if (it == ids_.end()) throw std::invalid_argument("unknown request id '" + request_id + "'");
+  Request& r = req(it->second);
+  if (r.status == Status::kWaiting) dequeue(waiting_, r);
+  if (r.status == Status::kSwapped) dequeue(swapped_, r);
+  if (r.status == Status::kRunning)
+    running_.erase(std::find(running_.begin(), running_.end(), r.id));
+  finish(r, FinishReason::kAbort);
+}
+
+Key Scheduler::make_key(const Request& r) const {
+  return Key{policy_->primary(r), r.spec.arrival_time, r.num_preemptions, r.arrival_seq};
+}
+
+void Scheduler::enqueue(Queue& q, Request& r) {
+  r.key = make_key(r);
+  q.emplace(r.key, r.id);
+  r.status = (&q == &waiting_) ? Status::kWaiting : Status::kSwapped;
+}
+
+void Scheduler::dequeue(Queue& q, Request& r) { q.erase({r.key, r.id}); }
+
+void Scheduler::refresh_waiting_keys() {
+  for (Queue* q : {&waiting_, &swapped_}) {
+    sort_buf_.assign(q->begin(), q->end());
+    q->clear();
+    for (auto& [key, id] : sort_buf_) {
+      Request& r = req(id);
+      r.key = make_key(r);
+      q->emplace(r.key, id);
+    }
+  }
+}
+
+const StepPlan& Scheduler::schedule() {
+  for (SeqId id : pending_release_) {
+    slots_[id].reset();
+    free_slots_.push_back(id);
+  }
+  pending_release_.clear();
+  plan_.clear();
+  plan_.step = counters_.num_steps++;
+  decodes_.clear();
+  prefills_.clear();
+  budget_ = cfg_.max_num_batched_tokens;
+  preempted_this_step_ = false;
+  if (policy_->dynamic_keys()) refresh_waiting_keys();
+
+  // Best-first order of the running set (keys may change as service accrues).
+  sort_buf_.clear();
+  for (SeqId id : running_) sort_buf_.emplace_back(make_key(req(id)), id);
+  if (!std::is_sorted(sort_buf_.begin(), sort_buf_.end())) {  // usually sorted already
+    std::sort(sort_buf_.begin(), sort_buf_.end());
+    for (size_t i = 0; i < sort_buf_.size(); ++i) running_[i] = sort_buf_[i].second;
+  }
+
+  proactive_preemption();  // priority preemption when the batch is full (bounded)
+  schedule_running();      // decodes first, then continuing prefill chunks
+  schedule_admissions();   // swapped-in and new requests, best key first
+  build_plan();
+  return plan_;
+}
+
+const Request& Scheduler::request(SeqId id) const {
+  if (id < 0 || id >= SeqId(slots_.size()) || !slots_[id])
+    throw std::invalid_argument("unknown sequence id " + std::to_string(id));
+  return *slots_[id];
+}
+
+SeqId Scheduler::find(const std::string& request_id) const {
+  auto it = ids_.find(request_id);
+  return it == ids_.end() ? -1 : it->second;
+}
+
+SchedulerStats Scheduler::stats() const {
+  SchedulerStats s = counters_;
+  s.num_running = int(running_.size());
+  s.num_waiting = int(waiting_.size());
+  s.num_swapped = int(swapped_.size());
+  s.gpu_blocks_free = gpu_.num_free();
+  s.gpu_blocks_total = gpu_.num_blocks();
+  s.gpu_blocks_cached = gpu_.num_cached();
+  s.cpu_blocks_free = cpu_.num_free();
+  s.cpu_blocks_total = cpu_.num_blocks();
+  return s;
+}
+
+}  // namespace pyserve

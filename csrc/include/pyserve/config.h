@@ -1,0 +1,39 @@
+// Scheduler configuration: one struct, validated once, passed down by const reference.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace pyserve {
+
+enum class PreemptionMode : int8_t { kRecompute = 0, kSwap = 1 };
+
+struct SchedulerConfig {
+  // KV memory.
+  int num_gpu_blocks = 1024;
+  int num_cpu_blocks = 0;  // swap pool; 0 disables swapping (swap mode falls back to recompute)
+  int block_size = 16;     // tokens per block, a power of two
+  bool enable_prefix_caching = true;
+  // NOTE: test hook. Chained hashes are AND-ed with this mask; a small mask forces collisions so
+  // tests can show that verification never aliases different tokens. Production keeps ~0.
+  uint64_t prefix_hash_mask = ~uint64_t{0};
+
+  // Batch limits (Sarathi-Serve token budget).
+  int max_num_batched_tokens = 8192;
+  int max_num_seqs = 256;
+  int max_model_len = 4096;
+
+  // Preemption.
+  PreemptionMode preemption_mode = PreemptionMode::kRecompute;
+  // Priority-driven (proactive) preemptions allowed per step when the batch is full.
+  int max_preemptions_per_step = 4;
+  // A request swapped in / admitted is not proactively preempted again for this many steps.
+  int min_steps_between_preemptions = 8;
+
+  // Policy and its parameters (lower key runs earlier everywhere).
+  std::string policy = "fcfs";
+
+  /// Throws std::invalid_argument naming the first bad field.
+  void validate() const;
+};
+
+}  // namespace pyserve

@@ -1,0 +1,82 @@
+// One LLM call as the core sees it.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "pyserve/types.h"
+
+namespace pyserve {
+
+/// What a client supplies when adding a request (validated by Scheduler::add_request).
+struct RequestSpec {
+  std::string request_id;
+  std::vector<TokenId> prompt;
+  int max_tokens = 16;
+  int min_tokens = 0;
+  bool ignore_eos = false;
+  std::vector<TokenId> stop_token_ids;
+  double priority = 0.0;  // user priority, lower runs earlier
+  double arrival_time = 0.0;
+  std::string cache_salt;  // isolates prefix-cache entries (e.g. per tenant)
+  // Program-aware fields (Autellix). Empty program_id: the call is its own program.
+  std::string program_id;
+  std::string thread_id;
+  std::vector<std::string> parent_ids;
+  double ltr_score = 0.0;                // learned-ranking score, lower = predicted shorter
+  double remaining_hint = -1.0;          // oracle/hint of remaining work (sjf), < 0 if unknown
+  double program_remaining_hint = -1.0;  // program-level remaining work (srpt), < 0 if unknown
+};
+
+/// Sort key: lexicographic, lower runs earlier. k1 = arrival, k2 = preemptions, k3 = arrival order.
+struct Key {
+  double k0 = 0.0;
+  double k1 = 0.0;
+  int32_t k2 = 0;
+  int64_t k3 = 0;
+  bool operator<(const Key& o) const {
+    if (k0 != o.k0) return k0 < o.k0;
+    if (k1 != o.k1) return k1 < o.k1;
+    if (k2 != o.k2) return k2 < o.k2;
+    return k3 < o.k3;
+  }
+};
+
+struct Request {
+  SeqId id = -1;
+  RequestSpec spec;
+  uint64_t salt_hash = 0;
+  int64_t arrival_seq = 0;      // order of arrival in the core; last tie-break
+  std::vector<TokenId> tokens;  // prompt followed by outputs
+  int num_prompt = 0;
+  int num_computed = 0;                // tokens whose K/V are in the cache
+  std::vector<BlockId> blocks;         // GPU block table
+  std::vector<BlockId> cpu_blocks;     // CPU block table while swapped
+  std::vector<uint64_t> block_hashes;  // chained hashes of registered full blocks, in order
+  BlockId chain_tail = kNoBlock;       // cached block verified for the last entry of block_hashes
+  uint32_t chain_tail_gen = 0;  // its generation when recorded (it may belong to another request)
+  Status status = Status::kWaiting;
+  FinishReason finish = FinishReason::kNone;
+  int num_preemptions = 0;
+  double service = 0.0;  // model-execution seconds charged to this call
+  int64_t last_scheduled_step = -1;
+  int64_t protected_until_step = -1;  // no proactive preemption before this step (no thrash)
+  int num_cached_tokens = 0;          // prefix-cache hit tokens at (last) admission
+  Key key;                            // key under which it sits in the waiting set
+
+  // Policy scratch state (program-aware policies own its meaning).
+  int queue = 0;
+  double queue_service = 0.0;  // service attained in the current queue (quantum accounting)
+  double wait_since = 0.0;
+  double call_wait = 0.0;
+  double snapshot = 0.0;
+  int64_t unscheduled_steps = 0;
+  int64_t boost_steps_left = 0;
+
+  int num_tokens() const { return static_cast<int>(tokens.size()); }
+  int num_output() const { return num_tokens() - num_prompt; }
+  int remaining_to_compute() const { return num_tokens() - num_computed; }
+  bool is_decode() const { return num_computed >= num_prompt && remaining_to_compute() == 1; }
+};
+
+}  // namespace pyserve

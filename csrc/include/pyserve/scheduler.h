@@ -1,0 +1,113 @@
+// Continuous-batching scheduler with stall-free chunked prefill, prefix caching and preemption.
+#pragma once
+#include <memory>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "pyserve/block_allocator.h"
+#include "pyserve/config.h"
+#include "pyserve/policy.h"
+#include "pyserve/request.h"
+#include "pyserve/step_plan.h"
+
+namespace pyserve {
+
+struct SchedulerStats {
+  int num_running = 0, num_waiting = 0, num_swapped = 0;
+  int gpu_blocks_free = 0, gpu_blocks_total = 0, gpu_blocks_cached = 0;
+  int cpu_blocks_free = 0, cpu_blocks_total = 0;
+  int64_t num_preemptions_recompute = 0, num_preemptions_swap = 0;
+  int64_t blocks_swapped_out = 0, blocks_swapped_in = 0;
+  int64_t prefix_query_tokens = 0, prefix_hit_tokens = 0;
+  int64_t num_steps = 0;
+};
+
+class Scheduler {
+ public:
+  /// Throws std::invalid_argument for an invalid config.
+  Scheduler(const SchedulerConfig& cfg, std::vector<TokenId> eos_token_ids);
+
+  /// Validates and enqueues a request; returns its dense id. Throws std::invalid_argument for a
+  /// duplicate id, empty prompt or a prompt longer than max_model_len (state unchanged).
+  SeqId add_request(RequestSpec spec);
+  /// Aborts a request in any state and frees its blocks. Throws for an unknown id.
+  void abort(const std::string& request_id);
+
+  /// Builds the next step. The returned plan is valid until the next call.
+  const StepPlan& schedule();
+  /// Consumes the step's sampled tokens (one per sample row, in plan order) and its duration.
+  std::vector<Finished> update(const int32_t* sampled, int num_sampled, double step_seconds);
+
+  const Request& request(SeqId id) const;
+  SeqId find(const std::string& request_id) const;
+  bool has_unfinished() const {
+    return !running_.empty() || !waiting_.empty() || !swapped_.empty();
+  }
+  SchedulerStats stats() const;
+  const SchedulerConfig& config() const { return cfg_; }
+  const BlockAllocator& allocator() const { return gpu_; }
+  const Policy& policy() const { return *policy_; }
+  double now() const { return now_; }
+  /// Throws std::logic_error if any allocator or bookkeeping invariant is broken.
+  void check_invariants() const;
+
+ private:
+  using Queue = std::set<std::pair<Key, SeqId>>;
+  Request& req(SeqId id) { return *slots_[id]; }
+  Key make_key(const Request& r) const;
+  void enqueue(Queue& q, Request& r);
+  void dequeue(Queue& q, Request& r);
+
+  // schedule_running.cc
+  void schedule_running();
+  bool grow(Request& r, int* num_tokens, bool allow_partial);
+  // schedule_admit.cc
+  void proactive_preemption();
+  void schedule_admissions();
+  bool admit_waiting(Request& r);
+  bool admit_swapped(Request& r);
+  void prefix_lookup(Request& r);
+  // preempt.cc
+  void preempt(Request& r);
+  SeqId pick_victim(bool respect_protection);
+  void free_gpu_blocks(Request& r);
+  // step_plan.cc
+  void emit(Request& r, int num_tokens);
+  void build_plan();
+  // update.cc
+  void register_full_blocks(Request& r);
+  bool check_stop(Request& r, TokenId token);
+  void finish(Request& r, FinishReason reason);
+  void refresh_waiting_keys();
+  void release_deferred();
+  void compact_running();
+
+  SchedulerConfig cfg_;
+  std::vector<TokenId> eos_;
+  std::unique_ptr<Policy> policy_;
+  BlockAllocator gpu_;
+  CpuPool cpu_;
+
+  std::vector<std::unique_ptr<Request>> slots_;
+  std::vector<SeqId> free_slots_, pending_release_;
+  std::unordered_map<std::string, SeqId> ids_;
+  std::vector<SeqId> running_;  // NOTE: sorted best-first at the start of each step
+  Queue waiting_, swapped_;
+
+  // Per-step scratch.
+  StepPlan plan_;
+  std::vector<std::pair<SeqId, int>> decodes_, prefills_;
+  std::vector<BlockId> deferred_decref_;  // copy sources kept alive until the step ran
+  int budget_ = 0;
+  bool preempted_this_step_ = false;
+  std::vector<std::pair<Key, SeqId>> sort_buf_;
+
+  int64_t arrivals_ = 0;
+  double now_ = 0.0;
+  SchedulerStats counters_;
+};
+
+}  // namespace pyserve

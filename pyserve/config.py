@@ -1,0 +1,109 @@
+"""Configuration: one frozen dataclass tree, built once and passed down (no hidden globals)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyserve import _core
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model to run and how."""
+
+    model: str = "builtin:tiny"
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Paged KV cache sizing."""
+
+    block_size: int = 16
+    num_gpu_blocks: int | None = None  # None: derived from the memory budget
+    gpu_memory_utilization: float = 0.85  # CUDA: fraction of free memory for weights + KV
+    kv_cache_bytes: int = 256 << 20  # CPU: byte budget of the KV cache
+    swap_space_bytes: int = 64 << 20  # CPU pool for swapped requests (pinned on CUDA)
+    enable_prefix_caching: bool = True
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Batching limits, preemption and policy (see csrc/include/pyserve/config.h)."""
+
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 256
+    policy: str = "fcfs"
+    preemption_mode: str = "recompute"  # recompute | swap
+    max_preemptions_per_step: int = 4
+    min_steps_between_preemptions: int = 8
+    policy_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The whole tree handed to the engine."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    @classmethod
+    def from_kwargs(cls, model: str = "builtin:tiny", **kwargs: Any) -> EngineConfig:
+        """Builds the tree from flat keyword arguments (`LLM(model, block_size=32, ...)`).
+
+        Raises ValueError for an unknown keyword.
+        """
+        parts: dict[str, dict[str, Any]] = {"model": {"model": model}, "cache": {}, "scheduler": {}}
+        owners = {
+            f.name: name
+            for name, klass in (
+                ("model", ModelConfig),
+                ("cache", CacheConfig),
+                ("scheduler", SchedulerConfig),
+            )
+            for f in dataclasses.fields(klass)
+        }
+        for key, value in kwargs.items():
+            if key not in owners:
+                raise ValueError(f"unknown engine option '{key}'")
+            parts[owners[key]][key] = value
+        return cls(
+            model=ModelConfig(**parts["model"]),
+            cache=CacheConfig(**parts["cache"]),
+            scheduler=SchedulerConfig(**parts["scheduler"]),
+        )
+
+
+def core_config(
+    sched: SchedulerConfig,
+    cache: CacheConfig,
+    *,
+    num_gpu_blocks: int,
+    num_cpu_blocks: int,
+    max_model_len: int,
+) -> _core.SchedulerConfig:
+    """Builds and validates the C++ scheduler config. Raises ValueError when invalid."""
+    c = _core.SchedulerConfig()
+    c.num_gpu_blocks = num_gpu_blocks
+    c.num_cpu_blocks = num_cpu_blocks
+    c.block_size = cache.block_size
+    c.enable_prefix_caching = cache.enable_prefix_caching
+    c.max_num_batched_tokens = sched.max_num_batched_tokens
+    c.max_num_seqs = sched.max_num_seqs
+    c.max_model_len = max_model_len
+    c.preemption_mode = sched.preemption_mode
+    c.max_preemptions_per_step = sched.max_preemptions_per_step
+    c.min_steps_between_preemptions = sched.min_steps_between_preemptions
+    c.policy = sched.policy
+    for key, value in sched.policy_options.items():
+        if not hasattr(c, key):
+            raise ValueError(f"unknown policy option '{key}'")
+        setattr(c, key, value)
+    c.validate()
+    return c

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from pyserve import _core
+
+
+def make_scheduler(eos=(0,), **overrides) -> _core.Scheduler:
+    """A small scheduler for scenario tests; every field can be overridden."""
+    cfg = _core.SchedulerConfig()
+    defaults = dict(
+        num_gpu_blocks=64,
+        num_cpu_blocks=0,
+        block_size=4,
+        max_num_batched_tokens=64,
+        max_num_seqs=16,
+        max_model_len=128,
+        enable_prefix_caching=True,
+    )
+    defaults.update(overrides)
+    for k, v in defaults.items():
+        setattr(cfg, k, v)
+    return _core.Scheduler(cfg, list(eos))
+
+
+def step(s: _core.Scheduler, token: int = 7, seconds: float = 0.01):
+    """One schedule()+update() with a constant fake token; checks invariants. Returns (plan
+    snapshot, finished)."""
+    p = s.schedule()
+    snap = {
+        name: np.array(getattr(p, name))
+        for name in (
+            "seq_ids",
+            "input_ids",
+            "positions",
+            "slot_mapping",
+            "qo_indptr",
+            "kv_indptr",
+            "kv_indices",
+            "kv_last_page_len",
+            "seq_lens",
+            "sample_seq_idx",
+            "sample_token_idx",
+            "swap_out",
+            "swap_in",
+            "copy",
+            "preempted",
+        )
+    }
+    snap["num_decodes"] = p.num_decodes
+    snap["num_prefills"] = p.num_prefills
+    fin = s.update(np.full(p.num_samples, token, dtype=np.int32), seconds)
+    s.check_invariants()
+    return snap, fin
+
+
+def run_to_end(s: _core.Scheduler, token: int = 7, max_steps: int = 10_000):
+    finished = {}
+    for _ in range(max_steps):
+        if not s.has_unfinished():
+            break
+        _, fin = step(s, token)
+        for sid, reason in fin:
+            finished[s.request_info(sid)["request_id"]] = (reason, s.request_info(sid))
+    assert not s.has_unfinished()
+    st = s.stats()
+    assert st["gpu_blocks_used"] == 0 and st["cpu_blocks_free"] == st["cpu_blocks_total"]
+    return finished
+
+
+@pytest.fixture
+def sched():
+    return make_scheduler()
