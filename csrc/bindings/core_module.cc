@@ -57,6 +57,13 @@ void bind_config(py::module_& m) {
       .def_readwrite("min_steps_between_preemptions",
                      &SchedulerConfig::min_steps_between_preemptions)
       .def_readwrite("policy", &SchedulerConfig::policy)
+      .def_readwrite("num_queues", &SchedulerConfig::num_queues)
+      .def_readwrite("quantum_base", &SchedulerConfig::quantum_base)
+      .def_readwrite("quantum_growth", &SchedulerConfig::quantum_growth)
+      .def_readwrite("starvation_beta", &SchedulerConfig::starvation_beta)
+      .def_readwrite("starve_steps", &SchedulerConfig::starve_steps)
+      .def_readwrite("starve_quantum", &SchedulerConfig::starve_quantum)
+      .def_readwrite("program_ttl_s", &SchedulerConfig::program_ttl_s)
       .def("validate", &SchedulerConfig::validate);
 }
 
@@ -104,6 +111,9 @@ py::dict request_info(const Scheduler& s, SeqId id) {
   d["cpu_block_ids"] = r.cpu_blocks;
   d["priority_key"] = py::make_tuple(r.key.k0, r.key.k1, r.key.k2, r.key.k3);
   d["queue"] = r.queue;
+  d["program_key"] = r.program_key;
+  d["total_wait"] = r.total_wait;
+  d["snapshot"] = r.snapshot;
   return d;
 }
 
@@ -169,10 +179,38 @@ py::list update(Scheduler& s,
   return out;
 }
 
+py::object program_info(const ProgramTable& t, const std::string& id) {
+  const ProgramEntry* e = t.find(id);
+  if (!e) return py::none();
+  py::dict d;
+  d["program_id"] = e->id;
+  d["service"] = e->service;
+  d["critical"] = e->critical;
+  d["wait"] = e->wait;
+  d["active_calls"] = e->active_calls;
+  d["last_arrival"] = e->last_arrival;
+  d["last_completion"] = e->last_completion;
+  d["engine_id"] = e->engine_id;
+  return d;
+}
+
+void bind_programs(py::module_& m) {
+  py::class_<ProgramTable, std::shared_ptr<ProgramTable>>(m, "ProgramTable")
+      .def(py::init<double>(), py::arg("ttl_s") = 600.0)
+      .def("start", &ProgramTable::start, py::arg("program_id"), py::arg("now") = 0.0)
+      .def("end", &ProgramTable::end, py::arg("program_id"))
+      .def("__contains__", &ProgramTable::contains)
+      .def("__len__", &ProgramTable::size)
+      .def("collect", &ProgramTable::collect, py::arg("now"))
+      .def("ids", &ProgramTable::ids)
+      .def("info", &program_info, py::arg("program_id"));
+}
+
 void bind_scheduler(py::module_& m) {
   py::class_<Scheduler>(m, "Scheduler")
-      .def(py::init<const SchedulerConfig&, std::vector<TokenId>>(), py::arg("config"),
-           py::arg("eos_token_ids") = std::vector<TokenId>{})
+      .def(py::init<const SchedulerConfig&, std::vector<TokenId>, std::shared_ptr<ProgramTable>>(),
+           py::arg("config"), py::arg("eos_token_ids") = std::vector<TokenId>{},
+           py::arg("programs") = nullptr)
       .def("add_request", &add_request, py::arg("request_id"), py::arg("prompt"),
            py::arg("max_tokens") = 16, py::arg("min_tokens") = 0, py::arg("ignore_eos") = false,
            py::arg("stop_token_ids") = std::vector<TokenId>{}, py::arg("priority") = 0.0,
@@ -185,6 +223,12 @@ void bind_scheduler(py::module_& m) {
            py::call_guard<py::gil_scoped_release>())
       .def("update", &update, py::arg("sampled"), py::arg("step_seconds") = 0.0)
       .def("find", &Scheduler::find)
+      .def("start_program", &Scheduler::start_program, py::arg("program_id"))
+      .def("end_program", &Scheduler::end_program, py::arg("program_id"))
+      .def("program_info",
+           [](const Scheduler& s, const std::string& id) { return program_info(s.programs(), id); })
+      .def_property_readonly("programs", &Scheduler::program_table)
+      .def("advance_clock", &Scheduler::advance_clock, py::arg("t"))
       .def("request_info", &request_info)
       .def("stats", &stats_dict)
       .def("has_unfinished", &Scheduler::has_unfinished)
@@ -239,6 +283,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "pyserve C++ scheduling core";
   bind_config(m);
   bind_plan(m);
+  bind_programs(m);
   bind_scheduler(m);
   bind_allocator(m);
   m.def("policy_names", &policy_names);

@@ -27,6 +27,11 @@ void SchedulerConfig::validate() const {
               ") must hold one request of max_model_len (" + std::to_string(max_model_len) + ")");
   require(max_preemptions_per_step >= 0, "max_preemptions_per_step must be >= 0");
   require(min_steps_between_preemptions >= 0, "min_steps_between_preemptions must be >= 0");
+  require(num_queues >= 1, "num_queues must be >= 1");
+  require(quantum_base > 0.0, "quantum_base must be > 0");
+  require(quantum_growth >= 1.0, "quantum_growth must be >= 1");
+  require(starve_steps >= 1 && starve_quantum >= 1, "starve_steps and starve_quantum must be >= 1");
+  require(program_ttl_s > 0.0, "program_ttl_s must be > 0");
   bool known = false;
   for (const auto& n : policy_names()) known |= n == policy;
   require(known, "unknown policy '" + policy + "'");

@@ -10,8 +10,9 @@ namespace {
 using Factory = std::unique_ptr<Policy> (*)(const SchedulerConfig&);
 const std::vector<std::pair<std::string, Factory>>& registry() {
   static const std::vector<std::pair<std::string, Factory>> r = {
-      {"fcfs", &make_fcfs},
-      {"priority", &make_priority},
+      {"fcfs", &make_fcfs}, {"priority", &make_priority}, {"sjf", &make_sjf},
+      {"srpt", &make_srpt}, {"ltr", &make_ltr},           {"mlfq", &make_mlfq},
+      {"plas", &make_plas}, {"atlas", &make_atlas},
   };
   return r;
 }

@@ -64,6 +64,7 @@ bool Scheduler::admit_waiting(Request& r) {
     return false;
   }
   dequeue(waiting_, r);
+  leave_queue(r);
   r.status = Status::kRunning;
   r.protected_until_step = plan_.step + cfg_.min_steps_between_preemptions;
   running_.push_back(r.id);
@@ -90,6 +91,7 @@ bool Scheduler::admit_swapped(Request& r) {
   r.chain_tail = kNoBlock;
   grow(r, &n, false);
   dequeue(swapped_, r);
+  leave_queue(r);
   r.status = Status::kRunning;
   r.protected_until_step = plan_.step + cfg_.min_steps_between_preemptions;
   running_.push_back(r.id);

@@ -7,9 +7,11 @@
 
 namespace pyserve {
 
-Scheduler::Scheduler(const SchedulerConfig& cfg, std::vector<TokenId> eos_token_ids)
+Scheduler::Scheduler(const SchedulerConfig& cfg, std::vector<TokenId> eos_token_ids,
+                     std::shared_ptr<ProgramTable> programs)
     : cfg_((cfg.validate(), cfg)),
       eos_(std::move(eos_token_ids)),
+      programs_(programs ? std::move(programs) : std::make_shared<ProgramTable>(cfg.program_ttl_s)),
       policy_(make_policy(cfg)),
       gpu_(cfg.num_gpu_blocks, cfg.block_size, cfg.prefix_hash_mask),
       cpu_(cfg.num_cpu_blocks) {}
@@ -45,6 +47,10 @@ SeqId Scheduler::add_request(RequestSpec spec) {
   slots_[id] = std::move(r);
   Request& q = *slots_[id];
   ids_.emplace(q.spec.request_id, id);
+  // An untagged call is its own one-call program (dropped from the table when it finishes).
+  q.program_key = q.spec.program_id.empty() ? std::string("\001") + "call:" + q.spec.request_id
+                                            : q.spec.program_id;
+  q.program = &programs_->call_arrived(q.program_key, now_);
   policy_->on_arrival(q, now_);
   enqueue(waiting_, q);
   return id;
@@ -66,6 +72,8 @@ Key Scheduler::make_key(const Request& r) const {
 }
 
 void Scheduler::enqueue(Queue& q, Request& r) {
+  r.wait_since = now_;
+  r.enqueue_step = plan_.step;
   r.key = make_key(r);
   q.emplace(r.key, r.id);
   r.status = (&q == &waiting_) ? Status::kWaiting : Status::kSwapped;
@@ -73,15 +81,25 @@ void Scheduler::enqueue(Queue& q, Request& r) {
 
 void Scheduler::dequeue(Queue& q, Request& r) { q.erase({r.key, r.id}); }
 
-void Scheduler::refresh_waiting_keys() {
+void Scheduler::leave_queue(Request& r) {
+  const double waited = now_ - r.wait_since;
+  r.total_wait += waited;
+  r.call_wait += waited;
+}
+
+void Scheduler::refresh_queued() {
+  sort_buf_.clear();
   for (Queue* q : {&waiting_, &swapped_}) {
-    sort_buf_.assign(q->begin(), q->end());
-    q->clear();
-    for (auto& [key, id] : sort_buf_) {
+    for (const auto& [key, id] : *q) {
+      if (policy_->refresh(req(id), now_, plan_.step)) sort_buf_.emplace_back(key, id);
+    }
+    for (const auto& [key, id] : sort_buf_) {
+      if (!q->erase({key, id})) continue;
       Request& r = req(id);
       r.key = make_key(r);
       q->emplace(r.key, id);
     }
+    sort_buf_.clear();
   }
 }
 
@@ -97,7 +115,8 @@ const StepPlan& Scheduler::schedule() {
   prefills_.clear();
   budget_ = cfg_.max_num_batched_tokens;
   preempted_this_step_ = false;
-  if (policy_->dynamic_keys()) refresh_waiting_keys();
+  if (policy_->needs_refresh()) refresh_queued();
+  if ((plan_.step & 1023) == 0) programs_->collect(now_);  // TTL collection of idle programs
 
   // Best-first order of the running set (keys may change as service accrues).
   sort_buf_.clear();

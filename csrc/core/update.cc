@@ -48,12 +48,18 @@ bool Scheduler::check_stop(Request& r, TokenId token) {
 }
 
 void Scheduler::finish(Request& r, FinishReason reason) {
+  if (r.status == Status::kWaiting || r.status == Status::kSwapped) leave_queue(r);
   if (r.status == Status::kRunning) free_gpu_blocks(r);
   for (BlockId c : r.cpu_blocks) cpu_.free(c);
   r.cpu_blocks.clear();
   r.status = Status::kFinished;
   r.finish = reason;
   policy_->on_finish(r, now_);
+  // Aborts fold in too, or program entries would leak service and active-call counts.
+  programs_->call_finished(r.program_key, r.service, r.total_wait, now_);
+  if (r.spec.program_id.empty() && programs_->contains(r.program_key))
+    programs_->end(r.program_key);
+  r.program = nullptr;
   ids_.erase(r.spec.request_id);
   pending_release_.push_back(r.id);
 }

@@ -31,6 +31,20 @@ struct SchedulerConfig {
 
   // Policy and its parameters (lower key runs earlier everywhere).
   std::string policy = "fcfs";
+  // Multi-level queues (mlfq, plas, atlas): queue i holds priorities in [B_i, B_i + quantum_i)
+  // with quantum_i = quantum_base * quantum_growth^i seconds of service; the last is unbounded.
+  int num_queues = 8;
+  double quantum_base = 0.02;
+  double quantum_growth = 2.0;
+  // Anti-starvation: promote to the top queue when (program wait + call wait) /
+  // (program service + call service) >= starvation_beta. <= 0 disables it.
+  double starvation_beta = 64.0;
+  // ltr: a request unscheduled for starve_steps consecutive steps runs at top priority for its
+  // next starve_quantum steps.
+  int starve_steps = 200;
+  int starve_quantum = 10;
+  // Program table: idle programs (no active call) are collected after this many seconds.
+  double program_ttl_s = 600.0;
 
   /// Throws std::invalid_argument naming the first bad field.
   void validate() const;

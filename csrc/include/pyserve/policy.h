@@ -5,27 +5,31 @@
 #include <vector>
 
 #include "pyserve/config.h"
+#include "pyserve/program_table.h"
 #include "pyserve/request.h"
 
 namespace pyserve {
 
 /// A policy decides the primary key k0 of each request; the scheduler breaks ties by arrival
-/// time, then fewer preemptions, then arrival order. Policies may keep state updated through the
-/// hooks below; every hook runs inside schedule() / update() / abort() on the core's thread.
+/// time, then fewer preemptions, then arrival order. Hooks run inside add_request / schedule /
+/// update / abort on the core's thread. Keys of running requests are recomputed every step; keys
+/// of queued requests only when refresh() reports a change.
 class Policy {
  public:
   virtual ~Policy() = default;
   virtual const char* name() const = 0;
   /// Primary key, lower runs earlier.
   virtual double primary(const Request& r) const = 0;
-  /// The request entered the core.
+  /// The call entered the core; r.program is its (possibly new) program entry.
   virtual void on_arrival(Request& r, double now) {}
-  /// The request took part in a step and was charged `seconds` of service.
+  /// The call took part in a step and was charged `seconds` of service.
   virtual void on_service(Request& r, double seconds) {}
-  /// The request finished (any reason, abort included).
+  /// The call finished (any reason, abort included), before the table folds its service in.
   virtual void on_finish(Request& r, double now) {}
-  /// Whether keys of waiting requests can change while they wait (the scheduler re-sorts them).
-  virtual bool dynamic_keys() const { return false; }
+  /// Whether refresh() must be called for queued requests each step.
+  virtual bool needs_refresh() const { return false; }
+  /// Re-evaluates a queued request (anti-starvation); returns true if its key changed.
+  virtual bool refresh(Request& r, double now, int64_t step) { return false; }
 };
 
 /// Builds the policy named in cfg.policy; throws std::invalid_argument for an unknown name.

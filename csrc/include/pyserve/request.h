@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "pyserve/program_table.h"
 #include "pyserve/types.h"
 
 namespace pyserve {
@@ -64,14 +65,21 @@ struct Request {
   int num_cached_tokens = 0;          // prefix-cache hit tokens at (last) admission
   Key key;                            // key under which it sits in the waiting set
 
-  // Policy scratch state (program-aware policies own its meaning).
-  int queue = 0;
-  double queue_service = 0.0;  // service attained in the current queue (quantum accounting)
-  double wait_since = 0.0;
-  double call_wait = 0.0;
-  double snapshot = 0.0;
-  int64_t unscheduled_steps = 0;
-  int64_t boost_steps_left = 0;
+  // Program bookkeeping. NOTE: `program` stays valid while the call is active (the table never
+  // drops an entry with active calls).
+  std::string program_key;  // spec.program_id, or a private key for an untagged call
+  ProgramEntry* program = nullptr;
+  double wait_since = 0.0;   // when it last entered the waiting/swapped queue
+  double total_wait = 0.0;   // all time spent queued (folded into the program at the end)
+  int64_t enqueue_step = 0;  // step at which it last entered a queue
+
+  // Policy state (the policies own its meaning).
+  int queue = 0;                 // multi-level queue index
+  double queue_service = 0.0;    // service attained in the current queue (quantum accounting)
+  double call_wait = 0.0;        // anti-starvation wait counter (reset on promotion)
+  double call_service = 0.0;     // anti-starvation service counter (reset on promotion)
+  double snapshot = 0.0;         // ATLAS: program critical-path scalar at arrival
+  int64_t boost_steps_left = 0;  // ltr: steps left at top priority after starving
 
   int num_tokens() const { return static_cast<int>(tokens.size()); }
   int num_output() const { return num_tokens() - num_prompt; }

@@ -1,5 +1,6 @@
 // Continuous-batching scheduler with stall-free chunked prefill, prefix caching and preemption.
 #pragma once
+#include <algorithm>
 #include <memory>
 #include <set>
 #include <string>
@@ -10,6 +11,7 @@
 #include "pyserve/block_allocator.h"
 #include "pyserve/config.h"
 #include "pyserve/policy.h"
+#include "pyserve/program_table.h"
 #include "pyserve/request.h"
 #include "pyserve/step_plan.h"
 
@@ -27,8 +29,10 @@ struct SchedulerStats {
 
 class Scheduler {
  public:
-  /// Throws std::invalid_argument for an invalid config.
-  Scheduler(const SchedulerConfig& cfg, std::vector<TokenId> eos_token_ids);
+  /// Throws std::invalid_argument for an invalid config. `programs` may be shared by several
+  /// schedulers (one router); null creates a private table.
+  Scheduler(const SchedulerConfig& cfg, std::vector<TokenId> eos_token_ids,
+            std::shared_ptr<ProgramTable> programs = nullptr);
 
   /// Validates and enqueues a request; returns its dense id. Throws std::invalid_argument for a
   /// duplicate id, empty prompt or a prompt longer than max_model_len (state unchanged).
@@ -40,6 +44,14 @@ class Scheduler {
   const StepPlan& schedule();
   /// Consumes the step's sampled tokens (one per sample row, in plan order) and its duration.
   std::vector<Finished> update(const int32_t* sampled, int num_sampled, double step_seconds);
+
+  /// Programs (sessions): explicit start / end; calls may also start them implicitly.
+  void start_program(const std::string& id) { programs_->start(id, now_); }
+  void end_program(const std::string& id) { programs_->end(id); }
+  const ProgramTable& programs() const { return *programs_; }
+  std::shared_ptr<ProgramTable> program_table() const { return programs_; }
+  /// Moves the clock forward to t (wall-clock executors); never backwards.
+  void advance_clock(double t) { now_ = std::max(now_, t); }
 
   const Request& request(SeqId id) const;
   SeqId find(const std::string& request_id) const;
@@ -81,12 +93,14 @@ class Scheduler {
   void register_full_blocks(Request& r);
   bool check_stop(Request& r, TokenId token);
   void finish(Request& r, FinishReason reason);
-  void refresh_waiting_keys();
+  void refresh_queued();
+  void leave_queue(Request& r);
   void release_deferred();
   void compact_running();
 
   SchedulerConfig cfg_;
   std::vector<TokenId> eos_;
+  std::shared_ptr<ProgramTable> programs_;
   std::unique_ptr<Policy> policy_;
   BlockAllocator gpu_;
   CpuPool cpu_;
