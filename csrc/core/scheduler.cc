@@ -116,7 +116,10 @@ const StepPlan& Scheduler::schedule() {
   budget_ = cfg_.max_num_batched_tokens;
   preempted_this_step_ = false;
   if (policy_->needs_refresh()) refresh_queued();
-  if ((plan_.step & 1023) == 0) programs_->collect(now_);  // TTL collection of idle programs
+  if (now_ >= next_collect_) {  // TTL collection of idle programs, a few times per TTL
+    programs_->collect(now_);
+    next_collect_ = now_ + programs_->ttl() / 8;
+  }
 
   // Best-first order of the running set (keys may change as service accrues).
   sort_buf_.clear();

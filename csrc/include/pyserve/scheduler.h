@@ -121,6 +121,7 @@ class Scheduler {
 
   int64_t arrivals_ = 0;
   double now_ = 0.0;
+  double next_collect_ = 0.0;
   SchedulerStats counters_;
 };
 

@@ -1,0 +1,75 @@
+"""Builds the executor's parts from the config: device, KV cache, attention backend."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from pyserve.attention.reference import ReferenceAttention
+from pyserve.config import CacheConfig
+from pyserve.kv.cache import KVCache, block_bytes
+
+log = logging.getLogger("pyserve")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when available, else CPU. Raises ValueError for an unusable device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def make_kv_cache(model_cfg, cache: CacheConfig, dtype: torch.dtype, device: torch.device,
+                  max_model_len: int) -> KVCache:  # fmt: skip
+    """Sizes the KV pools from the budget (or the explicit block count) and plugs the CUDA swap
+    kernels in when they are available."""
+    args = (model_cfg.num_hidden_layers, model_cfg.num_key_value_heads, model_cfg.head_dim,
+            cache.block_size)  # fmt: skip
+    per_block = block_bytes(*args, dtype)
+    if cache.num_gpu_blocks is not None:
+        kv = KVCache(*args, cache.num_gpu_blocks, cache.swap_space_bytes // per_block, dtype,
+                     device)  # fmt: skip
+    else:
+        kv = KVCache.from_budget(
+            *args,
+            dtype,
+            device,
+            gpu_memory_fraction=cache.gpu_memory_utilization,
+            cpu_budget_bytes=cache.kv_cache_bytes,
+            swap_budget_bytes=cache.swap_space_bytes,
+        )
+    need = -(-max_model_len // cache.block_size)
+    if kv.num_blocks < need:
+        raise ValueError(f"KV cache of {kv.num_blocks} blocks cannot hold one request of "
+                         f"max_model_len={max_model_len} ({need} blocks): raise the KV budget "
+                         "or lower max_model_len")  # fmt: skip
+    if device.type == "cuda":
+        from pyserve.kv.cuda_swap import CudaSwapOps, kernels_available
+
+        if kernels_available():
+            kv.set_swap_ops(CudaSwapOps(kv))
+    return kv
+
+
+def make_attention(model_cfg, kv: KVCache, dtype: torch.dtype, device: torch.device):
+    """FlashInfer on CUDA with fp16/bf16 when it imports; the torch reference otherwise."""
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        from pyserve.attention.flashinfer import FlashInferAttention, flashinfer_available
+
+        if flashinfer_available():
+            return FlashInferAttention(kv, model_cfg.num_attention_heads, model_cfg.head_dim)
+        log.warning("FlashInfer not importable; using the reference attention backend")
+    return ReferenceAttention(kv, model_cfg.num_attention_heads, model_cfg.head_dim)
+
+
+def resolve_max_model_len(requested: int | None, native: int) -> int:
+    """The context limit: the model's own unless a smaller one is requested."""
+    if requested is None:
+        return native
+    if requested < 1 or requested > native:
+        raise ValueError(f"max_model_len must be in [1, {native}] for this model, got {requested}")
+    return requested

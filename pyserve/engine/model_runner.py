@@ -1,0 +1,40 @@
+"""Executes a StepPlan on the model: block moves, attention plan, forward, sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pyserve.attention.base import build_attention_metadata
+from pyserve.model.sampler import Sampler, SamplerOutput, SamplingBatch
+
+
+class ModelRunner:
+    """Owns the model, the KV cache and the attention backend for one engine.
+
+    NOTE: `execute` must run before the next `schedule()`: the plan's arrays are views into the
+    core's buffers.
+    """
+
+    def __init__(self, model: torch.nn.Module, cache, attention, device: torch.device) -> None:
+        self.model = model
+        self.cache = cache
+        self.attn = attention
+        self.device = device
+        self.sampler = Sampler()
+
+    @torch.inference_mode()
+    def execute(self, plan, batch: SamplingBatch | None) -> SamplerOutput | None:
+        """Runs one step; returns the sampled rows (None when the plan samples nothing)."""
+        self.cache.apply(swap_out=plan.swap_out, swap_in=plan.swap_in, copy=plan.copy)
+        if plan.num_tokens == 0:
+            return None
+        meta = build_attention_metadata(plan, self.cache.block_size, self.device)
+        self.attn.plan(meta)
+        ids = torch.from_numpy(np.asarray(plan.input_ids, dtype=np.int64)).to(self.device)
+        hidden = self.model(ids, meta.positions, self.attn)
+        if batch is None:
+            return None
+        rows = torch.from_numpy(np.asarray(plan.sample_token_idx, dtype=np.int64)).to(self.device)
+        logits = self.model.compute_logits(hidden.index_select(0, rows))
+        return self.sampler(logits, batch)
