@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -22,6 +24,7 @@ class ModelRunner:
         self.attn = attention
         self.device = device
         self.sampler = Sampler()
+        self.last_forward_s = 0.0  # model forward + logits of the last step (benchmarks)
 
     @torch.inference_mode()
     def execute(self, plan, batch: SamplingBatch | None) -> SamplerOutput | None:
@@ -32,9 +35,11 @@ class ModelRunner:
         meta = build_attention_metadata(plan, self.cache.block_size, self.device)
         self.attn.plan(meta)
         ids = torch.from_numpy(np.asarray(plan.input_ids, dtype=np.int64)).to(self.device)
-        hidden = self.model(ids, meta.positions, self.attn)
-        if batch is None:
-            return None
         rows = torch.from_numpy(np.asarray(plan.sample_token_idx, dtype=np.int64)).to(self.device)
-        logits = self.model.compute_logits(hidden.index_select(0, rows))
-        return self.sampler(logits, batch)
+        t0 = time.perf_counter()
+        hidden = self.model(ids, meta.positions, self.attn)
+        logits = self.model.compute_logits(hidden.index_select(0, rows)) if batch else None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.last_forward_s = time.perf_counter() - t0
+        return self.sampler(logits, batch) if batch else None
