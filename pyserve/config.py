@@ -43,6 +43,8 @@ class SchedulerConfig:
     max_preemptions_per_step: int = 4
     min_steps_between_preemptions: int = 8
     policy_options: dict[str, Any] = field(default_factory=dict)
+    # A ranker folder (`pyserve ltr train --out DIR`): scores each request on arrival for `ltr`.
+    ltr_model: str | None = None
 
 
 @dataclass(frozen=True)

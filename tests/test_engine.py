@@ -140,3 +140,23 @@ def test_bad_input_is_rejected_before_scheduling():
     with pytest.raises(ValueError, match="unknown engine option"):
         LLM("builtin:tiny", bogus_option=1)
     check_invariants(llm)
+
+
+def test_ltr_model_scores_requests_on_arrival(tmp_path):
+    from pyserve.ltr import Ranker
+
+    prompts = [f"write {w} words about cats" for w in ("few", "many")] * 40
+    lengths = [5 if "few" in p else 400 for p in prompts]
+    ranker = Ranker.create("hash", n_buckets=1 << 10)
+    ranker.fit(prompts, lengths, epochs=4, lr=5e-2, seed=0)
+    ranker.save(tmp_path / "r")
+    llm = LLM("builtin:tiny", kv_cache_bytes=16 << 20, policy="ltr", ltr_model=str(tmp_path / "r"))
+    eng = llm.engine
+    eng.add_request("long", "write many words about cats", SamplingParams(max_tokens=2))
+    eng.add_request("short", "write few words about cats", SamplingParams(max_tokens=2))
+    k_long = eng.core.request_info(eng.core.find("long"))["priority_key"][0]
+    k_short = eng.core.request_info(eng.core.find("short"))["priority_key"][0]
+    assert k_short < k_long  # predicted shorter runs earlier
+    while eng.has_unfinished():
+        eng.step()
+    check_invariants(llm)

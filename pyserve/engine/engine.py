@@ -51,6 +51,11 @@ class Engine:
                                max_model_len=self.max_model_len)  # fmt: skip
         self.core = _core.Scheduler(core_cfg, self.eos_token_ids, programs)
         self.states: dict[int, RequestState] = {}  # by core seq id
+        self.ranker = None
+        if config.scheduler.ltr_model:
+            from pyserve.ltr import Ranker
+
+            self.ranker = Ranker.load(config.scheduler.ltr_model)
         self._t0 = time.monotonic()
         self.last_step: dict[str, float] = {}
 
@@ -78,7 +83,7 @@ class Engine:
         program_id: str | None = None,
         thread_id: str | None = None,
         parent_ids: Sequence[str] = (),
-        ltr_score: float = 0.0,
+        ltr_score: float | None = None,
         index: int = 0,
     ) -> None:
         """Queues one sequence (n == 1; see `expand_n`). Raises ValueError on bad input, before
@@ -92,6 +97,8 @@ class Engine:
         if len(ids) >= self.max_model_len:
             raise ValueError(f"prompt of {len(ids)} tokens leaves no room to generate within "
                              f"max_model_len={self.max_model_len}")  # fmt: skip
+        if ltr_score is None:
+            ltr_score = self.score_prompt(text, ids)
         max_tokens = params.max_tokens
         if max_tokens is None:
             max_tokens = self.max_model_len - len(ids)
@@ -112,6 +119,14 @@ class Engine:
             ltr_score=float(ltr_score),
         )
         self.states[sid] = RequestState(request_id, text, ids, params, self.tokenizer, now, index)
+
+    def score_prompt(self, text: str | None, ids: list[int]) -> float:
+        """The ranker's score (lower = predicted shorter), scored once on arrival; 0 without one."""
+        if self.ranker is None:
+            return 0.0
+        return float(
+            self.ranker.score([text if text is not None else self.tokenizer.decode(ids)])[0]
+        )
 
     def abort(self, request_id: str) -> None:
         """Aborts a request in any state; its KV blocks are freed. ValueError if unknown."""

@@ -49,7 +49,7 @@ class LLM:
         plist = _as_prompt_list(prompts)
         params = _broadcast(sampling_params or SamplingParams(), len(plist), "sampling_params")
         prios = _broadcast(priority, len(plist), "priority")
-        scores = _broadcast(0.0 if ltr_score is None else ltr_score, len(plist), "ltr_score")
+        scores = _broadcast(ltr_score, len(plist), "ltr_score")
         added: list[list[str]] = []
         try:
             for prompt, p, prio, score in zip(plist, params, prios, scores):
