@@ -1,0 +1,406 @@
+"""Executors that run the C++ scheduler's steps: simulated (cost model) or real (the engine).
+
+``SimExecutor`` keeps a virtual clock. Each step: ``schedule()`` -> cost model (forward time from
+the batch shape plus host-link time of the planned swaps) -> the calls' deterministic output
+tokens (gathered from the driver's :class:`~pyserve.sim.driver.TokenBook`) -> ``update(tokens,
+seconds)``. Per step the Python side is a fixed number of numpy calls, independent of how many
+calls run (the ``ARCHITECTURE.md`` rule). ``EngineExecutor`` drives the real engine on the wall
+clock through the same protocol.
+
+Policy names: any name in ``_core.policy_names()``, plus the Autellix baselines ``vllm`` (fcfs,
+no prefix caching, no chunked prefill: the token budget is raised to fit any whole prompt) and
+``vllm-opt`` (fcfs with chunked prefill and prefix caching).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from pyserve import _core
+from pyserve.config import CacheConfig, EngineConfig, SchedulerConfig, core_config
+from pyserve.sim.cost_model import CostModel
+from pyserve.sim.driver import Driver, Executor, RunResult, StepResult, TokenBook
+from pyserve.sim.presets import get_preset
+from pyserve.sim.trace import Program, prompt_len
+
+GiB = 2**30
+BASELINES = {
+    # name: (core policy, prefix caching, chunked prefill)
+    "vllm": ("fcfs", False, False),
+    "vllm-opt": ("fcfs", True, True),
+}
+
+
+def policy_choices() -> list[str]:
+    """Names accepted as a bench policy: the core's policies and the baseline aliases."""
+    return list(_core.policy_names()) + [b for b in BASELINES if b not in _core.policy_names()]
+
+
+@dataclass(frozen=True)
+class SimSetup:
+    """Everything but the trace and the policy that a simulated run depends on."""
+
+    preset: str = "llama3-8b-h100"
+    block_size: int = 16
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 256
+    preemption_mode: str = "swap"
+    swap_space_gib: float = 16.0
+    enable_prefix_caching: bool = True
+    policy_options: dict[str, Any] = field(default_factory=dict)
+    ltr_sigma: float = 0.5
+
+    def resolve(self, policy: str) -> tuple[str, SimSetup, bool]:
+        """(core policy name, setup adjusted for a baseline alias, chunked prefill on?).
+        ValueError for an unknown policy."""
+        if policy in BASELINES and policy not in _core.policy_names():
+            core, caching, chunked = BASELINES[policy]
+            return core, dataclasses.replace(self, enable_prefix_caching=caching), chunked
+        if policy not in _core.policy_names():
+            raise ValueError(f"unknown policy {policy!r}; known: {', '.join(policy_choices())}")
+        return policy, self, True
+
+
+def required_model_len(programs: Sequence[Program], block_size: int) -> int:
+    """The longest prompt + output of any call, rounded up to whole blocks."""
+    if not programs:
+        raise ValueError("the trace has no programs")
+    need = max(prompt_len(p, c.call_id) + c.output_tokens for p in programs for c in p.calls)
+    return -(-need // block_size) * block_size
+
+
+def build_core_config(
+    setup: SimSetup, policy: str, cost: CostModel, max_model_len: int
+) -> _core.SchedulerConfig:
+    """The C++ scheduler config of a simulated run: KV capacity from the preset's memory."""
+    core_policy, setup, chunked = setup.resolve(policy)
+    gpu_blocks = cost.kv_capacity_blocks(setup.block_size)
+    if max_model_len > gpu_blocks * setup.block_size:
+        raise ValueError(
+            f"a call needs {max_model_len} tokens of KV but preset {setup.preset!r} holds "
+            f"{gpu_blocks * setup.block_size}"
+        )
+    block_bytes = setup.block_size * cost.preset.model.kv_bytes_per_token
+    budget = setup.max_num_batched_tokens
+    if not chunked:
+        # NOTE: a whole prompt always fits the budget, so a prefill is never split (vLLM without
+        # chunked prefill); decodes still share the step.
+        budget = max(budget, max_model_len)
+    sched = SchedulerConfig(
+        max_num_batched_tokens=budget,
+        max_num_seqs=setup.max_num_seqs,
+        policy=core_policy,
+        preemption_mode=setup.preemption_mode,
+        policy_options=dict(setup.policy_options),
+    )
+    cache = CacheConfig(
+        block_size=setup.block_size, enable_prefix_caching=setup.enable_prefix_caching
+    )
+    return core_config(
+        sched,
+        cache,
+        num_gpu_blocks=gpu_blocks,
+        num_cpu_blocks=int(setup.swap_space_gib * GiB // block_bytes),
+        max_model_len=max_model_len,
+    )
+
+
+class SimExecutor:
+    """The :class:`~pyserve.sim.driver.Executor` protocol on a virtual clock.
+
+    ``profile=True`` accumulates wall seconds spent in ``schedule``, the cost model and ``update``
+    in :attr:`timings` (two extra clock reads per phase).
+    """
+
+    def __init__(
+        self,
+        config: _core.SchedulerConfig,
+        cost: CostModel,
+        book: TokenBook,
+        profile: bool = False,
+    ) -> None:
+        if cost.block_size != config.block_size:
+            raise ValueError(
+                f"cost model block_size {cost.block_size} != scheduler block_size "
+                f"{config.block_size}"
+            )
+        self.scheduler = _core.Scheduler(config, [])
+        self.cost, self.book = cost, book
+        self.clock = 0.0
+        self.profile = profile
+        self.timings = {"schedule": 0.0, "cost_model": 0.0, "update": 0.0}
+
+    @property
+    def now(self) -> float:
+        """Virtual time (s)."""
+        return self.clock
+
+    def add_request(self, request_id: str, prompt: np.ndarray, **kwargs) -> int:
+        """Forward to the core's ``add_request``; returns the dense seq id."""
+        return self.scheduler.add_request(request_id, prompt, **kwargs)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def idle_until(self, t: float) -> None:
+        """Nothing runs: jump the clock to ``t`` (never backwards)."""
+        self.clock = max(self.clock, t)
+        self.scheduler.advance_clock(self.clock)
+
+    def stats(self) -> dict:
+        return self.scheduler.stats()
+
+    def check_invariants(self) -> None:
+        self.scheduler.check_invariants()
+
+    def step(self) -> StepResult:
+        """One scheduler step on the virtual clock."""
+        if self.profile:
+            return self._step_profiled()
+        s = self.scheduler
+        plan = s.schedule()
+        seconds = self.step_seconds(plan)
+        sample_seqs = plan.seq_ids[plan.sample_seq_idx]
+        pos = self.book.positions(sample_seqs)
+        sampled = self.book.tokens[pos]
+        finished = s.update(sampled, seconds)
+        self.clock += seconds
+        return StepResult(plan, sample_seqs, sampled, seconds, finished, pos)
+
+    def step_seconds(self, plan) -> float:
+        """Cost-model seconds of a planned step: the forward plus its batched swaps."""
+        cost, qo = self.cost, plan.qo_indptr
+        seconds = cost.step_time(qo[1:] - qo[:-1], plan.seq_lens, plan.num_decodes)
+        n_out, n_in = plan.swap_out.shape[0], plan.swap_in.shape[0]
+        if n_out:
+            seconds += cost.swap_time(n_out)
+        if n_in:
+            seconds += cost.swap_time(n_in)
+        return seconds
+
+    def _step_profiled(self) -> StepResult:
+        s, t = self.scheduler, self.timings
+        t0 = time.perf_counter()
+        plan = s.schedule()
+        t1 = time.perf_counter()
+        seconds = self.step_seconds(plan)
+        t2 = time.perf_counter()
+        sample_seqs = plan.seq_ids[plan.sample_seq_idx]
+        pos = self.book.positions(sample_seqs)
+        sampled = self.book.tokens[pos]
+        finished = s.update(sampled, seconds)
+        t3 = time.perf_counter()
+        t["schedule"] += t1 - t0
+        t["cost_model"] += t2 - t1
+        t["update"] += t3 - t2
+        self.clock += seconds
+        return StepResult(plan, sample_seqs, sampled, seconds, finished, pos)
+
+
+class RealExecutor(Executor, Protocol):
+    """What the real engine provides to be driven by ``bench run --executor real``.
+
+    The :class:`~pyserve.sim.driver.Executor` protocol on the wall clock: ``now`` is seconds since
+    the executor was created, ``idle_until(t)`` sleeps until then, ``add_request`` takes the
+    core's keyword arguments, and ``step()`` schedules, runs the model on the plan, samples and
+    calls ``update``, returning ``StepResult(plan, sample_seqs, sampled, seconds, finished)``.
+    ``vocab_size`` bounds the synthetic prompt token ids the driver sends.
+    """
+
+    vocab_size: int
+
+
+class _RecordingCore:
+    """Wraps the engine's ``_core.Scheduler``: remembers the last plan, sampled tokens, step
+    seconds and finished list, and adds the oracle hints the engine's ``add_request`` lacks."""
+
+    def __init__(self, core: _core.Scheduler) -> None:
+        self._core = core
+        self.hints: dict[str, dict] = {}
+        self.plan, self.sampled, self.seconds, self.finished = None, None, 0.0, []
+
+    def add_request(self, request_id: str, prompt: np.ndarray, **kwargs):
+        return self._core.add_request(request_id, prompt, **kwargs, **self.hints.pop(request_id))
+
+    def schedule(self):
+        self.plan = self._core.schedule()
+        return self.plan
+
+    def update(self, sampled: np.ndarray, step_seconds: float = 0.0) -> list:
+        self.sampled, self.seconds = np.asarray(sampled, dtype=np.int32), step_seconds
+        self.finished = self._core.update(sampled, step_seconds)
+        return self.finished
+
+    def __getattr__(self, name: str):
+        return getattr(self._core, name)
+
+
+class EngineExecutor:
+    """:class:`RealExecutor` over :class:`pyserve.engine.Engine` on the wall clock. Calls run
+    greedily with ``ignore_eos``; ``step()`` is the engine's own step, observed through
+    :class:`_RecordingCore`."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        from pyserve.engine import Engine
+
+        self.engine = Engine(config)
+        self.core = self.engine.core = _RecordingCore(self.engine.core)
+        self.vocab_size = int(self.engine.model.config.vocab_size)
+
+    @property
+    def now(self) -> float:
+        return self.engine.now()
+
+    def add_request(self, request_id: str, prompt: np.ndarray, **kw) -> int:
+        from pyserve.sampling_params import SamplingParams
+
+        hints = ("remaining_hint", "program_remaining_hint")
+        self.core.hints[request_id] = {k: kw.pop(k) for k in hints if k in kw}
+        params = SamplingParams(
+            max_tokens=kw.pop("max_tokens"), temperature=0.0, ignore_eos=kw.pop("ignore_eos", True)
+        )
+        kw.pop("arrival_time", None)  # NOTE: the engine stamps arrivals with its own clock
+        self.engine.add_request(request_id, prompt.tolist(), params, **kw)
+        return int(self.core.find(request_id))
+
+    def step(self) -> StepResult:
+        self.engine.step()
+        c = self.core
+        seqs = c.plan.seq_ids[c.plan.sample_seq_idx]
+        return StepResult(c.plan, seqs, c.sampled, c.seconds, list(c.finished))
+
+    def has_unfinished(self) -> bool:
+        return self.engine.has_unfinished()
+
+    def idle_until(self, t: float) -> None:
+        time.sleep(max(0.0, t - self.now))
+
+    def stats(self) -> dict:
+        return self.engine.stats()
+
+
+def make_real_executor(config: EngineConfig) -> RealExecutor:
+    """The engine's bench executor: ``pyserve.engine.make_bench_executor(config)`` when the
+    engine provides one, else :class:`EngineExecutor`. ValueError when there is no engine."""
+    try:
+        import pyserve.engine as engine
+    except ImportError as e:
+        raise ValueError(
+            f"--executor real needs pyserve.engine, which failed to import: {e}"
+        ) from None
+    factory = getattr(engine, "make_bench_executor", None)
+    if factory is not None:
+        return factory(config)
+    if not hasattr(engine, "Engine"):
+        raise ValueError("--executor real needs pyserve.engine.Engine; use --executor sim")
+    return EngineExecutor(config)
+
+
+def simulate(
+    programs: Sequence[Program],
+    policy: str,
+    setup: SimSetup | None = None,
+    *,
+    progress: bool = False,
+    profile: bool = False,
+    check_invariants: bool = False,
+) -> RunResult:
+    """Replay ``programs`` under ``policy`` in the simulator; returns the raw measurements."""
+    setup = setup or SimSetup()
+    preset = get_preset(setup.preset)
+    cost = CostModel(preset, setup.block_size)
+    model_len = required_model_len(programs, setup.block_size)
+    config = build_core_config(setup, policy, cost, model_len)
+    book = TokenBook()
+    ex = SimExecutor(config, cost, book, profile=profile)
+    driver = Driver(
+        programs, ex, book, vocab_size=preset.model.vocab_size, ltr_sigma=setup.ltr_sigma
+    )
+    t0 = time.perf_counter()
+    result = driver.run(progress=progress, desc=policy)
+    wall = time.perf_counter() - t0
+    if check_invariants:
+        ex.check_invariants()
+    result.meta = {
+        "executor": "sim",
+        "policy": policy,
+        "core_policy": config.policy,
+        "preset": preset.name,
+        "block_size": config.block_size,
+        "max_num_batched_tokens": config.max_num_batched_tokens,
+        "max_num_seqs": config.max_num_seqs,
+        "preemption_mode": config.preemption_mode,
+        "enable_prefix_caching": config.enable_prefix_caching,
+        "num_gpu_blocks": config.num_gpu_blocks,
+        "num_cpu_blocks": config.num_cpu_blocks,
+        "kv_bytes_per_token": preset.model.kv_bytes_per_token,
+        "wall_s": wall,
+        "sim_s": ex.now,
+        "speedup": ex.now / wall if wall > 0 else math.inf,
+        "timings": dict(ex.timings) if profile else {},
+    }
+    return result
+
+
+def replay_real(
+    programs: Sequence[Program],
+    policy: str,
+    setup: SimSetup | None = None,
+    model: str = "builtin:tiny",
+    *,
+    progress: bool = False,
+) -> RunResult:
+    """Replay ``programs`` on the real engine (wall clock) with the same trace semantics.
+
+    Uses the scheduler options of ``setup`` (the cost-model preset is not used). ValueError when
+    the engine does not provide a bench executor (see :func:`make_real_executor`).
+    """
+    setup = setup or SimSetup()
+    core_policy, setup, chunked = setup.resolve(policy)
+    budget = setup.max_num_batched_tokens
+    if not chunked:
+        budget = max(budget, required_model_len(programs, setup.block_size))
+    config = EngineConfig.from_kwargs(
+        model,
+        block_size=setup.block_size,
+        enable_prefix_caching=setup.enable_prefix_caching,
+        max_num_batched_tokens=budget,
+        max_num_seqs=setup.max_num_seqs,
+        policy=core_policy,
+        preemption_mode=setup.preemption_mode,
+        policy_options=dict(setup.policy_options),
+    )
+    ex = make_real_executor(config)
+    book = TokenBook()
+    driver = Driver(
+        programs,
+        ex,
+        book,
+        vocab_size=int(ex.vocab_size),
+        ltr_sigma=setup.ltr_sigma,
+        emit_trace_tokens=False,
+    )
+    t0 = time.perf_counter()
+    result = driver.run(progress=progress, desc=policy)
+    result.meta = {
+        "executor": "real",
+        "policy": policy,
+        "core_policy": core_policy,
+        "model": model,
+        "block_size": setup.block_size,
+        "max_num_batched_tokens": budget,
+        "max_num_seqs": setup.max_num_seqs,
+        "preemption_mode": setup.preemption_mode,
+        "enable_prefix_caching": setup.enable_prefix_caching,
+        "kv_bytes_per_token": int(getattr(ex, "kv_bytes_per_token", 0)),
+        "wall_s": time.perf_counter() - t0,
+        "sim_s": ex.now,
+    }
+    return result
