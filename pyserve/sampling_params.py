@@ -62,7 +62,7 @@ class SamplingParams:
                 f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})"
             )
         if self.seed is not None:
-            _check_int("seed", self.seed, low=0)
+            _check_int("seed", self.seed, low=0, high=2**63 - 1)
         if self.logprobs is not None:
             _check_int("logprobs", self.logprobs, low=0)
             if self.logprobs > MAX_LOGPROBS:
@@ -103,11 +103,16 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
-def _check_int(name: str, value: object, low: int) -> None:
+INT32_MAX = 2**31 - 1  # NOTE: counts and token ids cross into C++ / torch as int32
+
+
+def _check_int(name: str, value: object, low: int, high: int = INT32_MAX) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
+    if value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
 
 
 def _check_float(name: str, value: object) -> None:

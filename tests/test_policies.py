@@ -186,7 +186,7 @@ def test_ltr_shortest_score_first_and_starvation_rule():
     s.add_request("long", prompt(), max_tokens=100, ltr_score=100.0, ignore_eos=True)
     nxt = 0
     ran = []
-    for k in range(20):
+    for _ in range(20):
         # a stream of short requests keeps arriving
         s.add_request(f"s{nxt}", prompt(4, 10 + nxt), max_tokens=1, ltr_score=1.0)
         nxt += 1

@@ -2,7 +2,7 @@
 
 The server CLI calls :func:`register_serve_args` on its ``serve`` parser and, when
 :func:`wants_cluster` is true, :func:`build_cluster` instead of a single-process engine.
-Standalone: ``python -m pyserve.dist.cli serve --model builtin:tiny --replicas 2``.
+Run it as ``pyserve serve builtin:tiny --replicas 2 [--ray-address ADDR]``.
 """
 
 from __future__ import annotations
@@ -50,32 +50,3 @@ def build_cluster(args: argparse.Namespace, config: EngineConfig, model_name: st
                             block_size=config.cache.block_size)  # fmt: skip
     return RayCluster(config, args.replicas, ray_address=args.ray_address, router=options,
                       model_name=model_name)  # fmt: skip
-
-
-def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from pyserve.server.app import build_app
-
-    config = EngineConfig.from_kwargs(args.model, device=args.device, policy=args.policy)
-    cluster = build_cluster(args, config)
-    uvicorn.run(build_app(cluster), host=args.host, port=args.port, log_level="info")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pyserve.dist.cli", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve", help="serve an OpenAI endpoint over K Ray replicas")
-    s.add_argument("--model", default="builtin:tiny")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--policy", default="plas", help="scheduling policy of every replica")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    register_serve_args(s)
-    args = ap.parse_args(argv)
-    return _serve(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -113,9 +113,12 @@ class AsyncEngine:
         def add() -> None:
             if request_id in self._streams:
                 raise ValueError(f"request id {request_id!r} is already in use")
-            self.engine.add_request(request_id, prompt, params, priority=priority,
-                                    program_id=program_id, thread_id=thread_id,
-                                    parent_ids=parent_ids, ltr_score=ltr_score or 0.0)  # fmt: skip
+            try:
+                self.engine.add_request(request_id, prompt, params, priority=priority,
+                                        program_id=program_id, thread_id=thread_id,
+                                        parent_ids=parent_ids, ltr_score=ltr_score)  # fmt: skip
+            except (TypeError, OverflowError) as exc:  # argument conversion in the bindings
+                raise ValueError(f"invalid request {request_id!r}: {exc}") from None
             self._streams[request_id] = stream
 
         finished = False

@@ -1,0 +1,133 @@
+"""``pyserve serve [MODEL]``: the OpenAI-compatible server (``python -m pyserve.server.cli serve``).
+
+``register(subparsers)`` adds the subcommand to the main CLI; ``main(argv)`` runs it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from pyserve.server.app import API_KEY_ENV, DEFAULT_MAX_REQUEST_BYTES
+
+KEEP_ALIVE_S = 30  # idle keep-alive connections: longer than uvicorn's 5 s for agent loops
+
+# CLI flag -> EngineConfig.from_kwargs keyword (only the ones given are passed on).
+ENGINE_OPTIONS = {
+    "block_size": int,
+    "num_gpu_blocks": int,
+    "kv_cache_bytes": int,
+    "swap_space_bytes": int,
+    "gpu_memory_utilization": float,
+    "max_num_batched_tokens": int,
+    "max_num_seqs": int,
+    "max_model_len": int,
+    "preemption_mode": str,
+    "dtype": str,
+    "device": str,
+    "seed": int,
+    "ltr_model": str,
+}
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Adds ``serve`` to an argparse subparsers object; the parser's ``func`` runs it."""
+    p = subparsers.add_parser("serve", help="run the OpenAI-compatible HTTP server",
+                              description="Serve MODEL over an OpenAI-compatible HTTP API with "
+                              "program sessions, SSE streaming and Prometheus metrics.")  # fmt: skip
+    p.add_argument("model", nargs="?", default="builtin:tiny",
+                   help="model folder or builtin:<name> (default builtin:tiny)")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None,
+                   help=f"require 'Authorization: Bearer KEY' on /v1 (or set {API_KEY_ENV})")  # fmt: skip
+    p.add_argument("--policy", default="fcfs", help="scheduling policy (fcfs, priority, plas, ...)")
+    p.add_argument("--served-model-name", default=None, help="model name clients must send")
+    p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
+    p.add_argument("--no-prefix-caching", action="store_true", help="disable the prefix cache")
+    p.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="scheduler policy knob, e.g. starvation_beta=8 (repeatable)")  # fmt: skip
+    p.add_argument("--cpu-threads", type=int, default=None,
+                   help="torch intra-op threads (CPU); 1 is often fastest on small shared hosts")  # fmt: skip
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    for name, typ in ENGINE_OPTIONS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=typ, default=None)
+    from pyserve.dist.cli import register_serve_args
+
+    register_serve_args(p)  # --replicas K [--ray-address ADDR]: replicas on Ray behind the router
+    p.set_defaults(func=run_serve)
+    return p
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict:
+    """The engine options given on the command line, as EngineConfig.from_kwargs keywords."""
+    kw = {name: getattr(args, name) for name in ENGINE_OPTIONS if getattr(args, name) is not None}
+    kw["policy"] = args.policy
+    if args.no_prefix_caching:
+        kw["enable_prefix_caching"] = False
+    if args.policy_option:
+        kw["policy_options"] = dict(_policy_option(o) for o in args.policy_option)
+    return kw
+
+
+def _policy_option(text: str) -> tuple[str, int | float]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--policy-option needs KEY=VALUE, got {text!r}")
+    try:
+        return key, int(value)
+    except ValueError:
+        pass
+    try:
+        return key, float(value)
+    except ValueError:
+        raise ValueError(f"--policy-option {key}: {value!r} is not a number") from None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Loads the model, starts the async engine and serves until interrupted."""
+    import uvicorn
+
+    from pyserve.config import EngineConfig
+    from pyserve.dist.cli import build_cluster, wants_cluster
+    from pyserve.engine.async_engine import AsyncEngine
+    from pyserve.server.app import build_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args.cpu_threads is not None:
+        if args.cpu_threads < 1:
+            print("pyserve serve: error: --cpu-threads must be >= 1", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.cpu_threads)
+    try:
+        config = EngineConfig.from_kwargs(args.model, **engine_kwargs(args))
+        if wants_cluster(args):
+            client = build_cluster(args, config, model_name=args.served_model_name)
+        else:
+            client = AsyncEngine.from_config(config)
+        app = build_app(client, api_key=args.api_key or os.environ.get(API_KEY_ENV),
+                        max_request_bytes=args.max_request_bytes,
+                        served_model_name=args.served_model_name)  # fmt: skip
+    except ValueError as exc:
+        print(f"pyserve serve: error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                timeout_keep_alive=KEEP_ALIVE_S, backlog=2048)  # fmt: skip
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m pyserve.server.cli serve ...``."""
+    parser = argparse.ArgumentParser(prog="pyserve")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""OpenAI-style error objects and the FastAPI exception handlers that produce them.
+
+Every failure leaves the server as ``{"error": {"message", "type", "param", "code"}}`` with a
+4xx status for the caller's mistakes and 5xx only for the engine's own failures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("pyserve.server")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+
+
+class OpenAIError(Exception):
+    """An error to answer with; ``status`` picks the HTTP code and the default ``type``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.type = type or _TYPES.get(
+            status, "server_error" if status >= 500 else "invalid_request_error"
+        )
+
+    def body(self) -> dict:
+        """The JSON object sent to the client."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}  # fmt: skip
+
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+    def sse(self) -> str:
+        """The error as one server-sent event (inside a stream that already answered 200)."""
+        return f"data: {json.dumps(self.body())}\n\n"
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
+    """A 400 ``invalid_request_error``."""
+    return OpenAIError(400, message, param=param, code=code)
+
+
+def error_bytes(status: int, message: str, code: str | None = None) -> bytes:
+    """Raw JSON body for ASGI middlewares that answer before FastAPI runs."""
+    return json.dumps(OpenAIError(status, message, code=code).body()).encode()
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _is_type_tag(p)]
+    param = ".".join(loc) or None
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        return f"request body is not valid JSON: {first.get('msg', '')}", None
+    msg = first.get("msg", "invalid value")
+    where = f"'{param}'" if param else "request body"
+    extra = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return f"{where}: {msg}{extra}", param
+
+
+def _is_type_tag(part: object) -> bool:
+    """Pydantic puts the union member ('str', 'list[int]', 'function-after[...]') into loc."""
+    if not isinstance(part, str):
+        return False
+    return "[" in part or part in ("str", "int", "float", "bool", "list", "dict", "none")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Routes validation errors (400), HTTP errors and unexpected ones through OpenAIError."""
+
+    @app.exception_handler(OpenAIError)
+    async def _openai(request: Request, exc: OpenAIError) -> JSONResponse:
+        return _counted(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return _counted(request, bad_request(message, param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        return _counted(request, OpenAIError(exc.status_code, detail),
+                        getattr(exc, "headers", None))  # fmt: skip
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled server error")
+        return _counted(request, OpenAIError(500, f"internal server error: {type(exc).__name__}"))
+
+
+def _counted(request: Request, err: OpenAIError, headers=None) -> JSONResponse:
+    """The error response, counted in the app's metrics when it has them."""
+    state = getattr(request.app.state, "pyserve", None)
+    if state is not None:
+        state.metrics.observe_error(err.status)
+    return err.response(headers)

@@ -1,0 +1,246 @@
+"""Pydantic models of the OpenAI-compatible API (requests, responses, stream chunks, errors).
+
+Fields beyond OpenAI's (vLLM-style sampling extensions and the program tags ``program_id``,
+``thread_id``, ``parent_ids``, ``priority``) are sent by the openai client as ``extra_body``.
+Unknown fields are ignored, as vLLM does.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pyserve.sampling_params import MAX_LOGPROBS
+
+MAX_N = 16  # choices per request
+MAX_STOP = 16  # stop strings per request
+MAX_PROMPTS = 64  # prompts in one completions request
+MAX_ID_LEN = 256  # program / thread / parent ids
+MAX_SEED = 2**63 - 1
+MAX_INT32 = 2**31 - 1  # token ids and top_k travel as int32 into the core and the sampler
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+TagId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN)]
+
+
+class ErrorInfo(BaseModel):
+    """OpenAI's error object."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Body of every 4xx/5xx answer."""
+
+    error: ErrorInfo
+
+
+class StreamOptions(BaseModel):
+    """``stream_options``: ``include_usage`` adds a final chunk with the token counts."""
+
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class SamplingFields(BaseModel):
+    """Fields shared by completions and chat completions."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(max_length=1024)
+    n: int = Field(1, ge=1, le=MAX_N)
+    temperature: Finite | None = Field(None, ge=0.0)
+    top_p: Finite | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1, le=MAX_INT32)
+    min_p: Finite | None = Field(None, ge=0.0, le=1.0)
+    presence_penalty: Finite | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: Finite | None = Field(None, ge=-2.0, le=2.0)
+    repetition_penalty: Finite | None = Field(None, gt=0.0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
+    stop_token_ids: list[Annotated[int, Field(ge=0, le=MAX_INT32)]] | None = Field(
+        None, max_length=MAX_STOP
+    )
+    ignore_eos: bool = False
+    min_tokens: int = Field(0, ge=0, le=MAX_INT32)
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    priority: Finite = 0.0
+    program_id: TagId | None = None
+    thread_id: TagId | None = None
+    parent_ids: list[TagId] = Field(default_factory=list, max_length=1024)
+
+
+class CompletionRequest(SamplingFields):
+    """POST /v1/completions."""
+
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
+        | Annotated[list[int], Field(min_length=1)]
+        | Annotated[list[Annotated[list[int], Field(min_length=1)]],
+                    Field(min_length=1, max_length=MAX_PROMPTS)]
+    )  # fmt: skip
+    max_tokens: int | None = Field(16, ge=1)
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False
+
+
+class TextPart(BaseModel):
+    """A text content part of a chat message."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One chat message (text content only)."""
+
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+
+class ChatCompletionRequest(SamplingFields):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionLogprobs(BaseModel):
+    """Legacy completions logprobs (parallel lists)."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+
+
+class DeltaMessage(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: DeltaMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "pyserve"
+    root: str | None = None
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ProgramCreateRequest(BaseModel):
+    """POST /v1/programs; without ``program_id`` the server picks one."""
+
+    model_config = ConfigDict(extra="ignore")
+    program_id: TagId | None = None
+
+
+class ProgramResponse(BaseModel):
+    id: str
+    object: Literal["program"] = "program"
+    created: int = Field(default_factory=lambda: int(time.time()))
+
+
+class ProgramDeleted(BaseModel):
+    id: str
+    object: Literal["program.deleted"] = "program.deleted"
+    deleted: bool = True
+    latency_s: float | None = None
+
+
+class HealthResponse(BaseModel):
+    status: str

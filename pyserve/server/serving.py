@@ -1,0 +1,199 @@
+"""Turns one validated HTTP request into engine sequences and streams their outputs back.
+
+A :class:`Job` owns the n x prompts generators of one request. Their outputs are merged into
+one stream of ``(choice_index, RequestOutput)``; closing the job (or cancelling the task that
+reads it, on client disconnect) cancels every generator, which aborts its engine request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from pyserve.engine.client import EngineClient, EngineDeadError, EngineError
+from pyserve.engine.engine import expand_n
+from pyserve.engine.outputs import RequestOutput
+from pyserve.sampling_params import SamplingParams
+from pyserve.server.errors import OpenAIError, bad_request
+from pyserve.server.metrics import ServerMetrics
+from pyserve.server.protocol import SamplingFields
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer was ready."""
+
+
+@dataclass(frozen=True)
+class ProgramTags:
+    """Program (session) tags of a call; all empty for a plain OpenAI call."""
+
+    program_id: str | None = None
+    thread_id: str | None = None
+    parent_ids: tuple[str, ...] = ()
+
+
+def program_tags(body: SamplingFields, request: Request, client: EngineClient) -> ProgramTags:
+    """Tags from the body, else from ``X-Program-Id`` / ``X-Thread-Id``; 404 if unknown."""
+    pid = body.program_id or request.headers.get("x-program-id") or None
+    tid = body.thread_id or request.headers.get("x-thread-id") or None
+    for name, value in (("program_id", pid), ("thread_id", tid)):
+        if value is not None and len(value) > 256:
+            raise bad_request(f"{name} is longer than 256 characters", param=name)
+    if pid is not None and not client.has_program(pid):
+        raise OpenAIError(404, f"unknown program id {pid!r}: start it with POST /v1/programs",
+                          param="program_id", code="program_not_found")  # fmt: skip
+    return ProgramTags(pid, tid, tuple(body.parent_ids))
+
+
+def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int | None,
+                    prompt_len: int, max_model_len: int) -> SamplingParams:  # fmt: skip
+    """SamplingParams for one prompt; 400 when the request cannot fit the context."""
+    room = max_model_len - prompt_len
+    if room < 1:
+        raise bad_request(f"this model's maximum context length is {max_model_len} tokens, but "
+                          f"the prompt has {prompt_len} tokens",
+                          param="prompt", code="context_length_exceeded")  # fmt: skip
+    if max_tokens is not None and max_tokens > room:
+        raise bad_request(f"this model's maximum context length is {max_model_len} tokens; you "
+                          f"requested {prompt_len + max_tokens} tokens ({prompt_len} in the "
+                          f"prompt, {max_tokens} to generate)",
+                          param="max_tokens", code="context_length_exceeded")  # fmt: skip
+    fields = {
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "top_k": body.top_k,
+        "min_p": body.min_p,
+        "presence_penalty": body.presence_penalty,
+        "frequency_penalty": body.frequency_penalty,
+        "repetition_penalty": body.repetition_penalty,
+        "stop_token_ids": body.stop_token_ids,
+    }
+    try:
+        return SamplingParams(
+            n=body.n,
+            max_tokens=room if max_tokens is None else max_tokens,
+            min_tokens=body.min_tokens,
+            seed=body.seed,
+            stop=body.stop,
+            ignore_eos=body.ignore_eos,
+            logprobs=logprobs,
+            include_stop_str_in_output=body.include_stop_str_in_output,
+            skip_special_tokens=body.skip_special_tokens,
+            **{k: v for k, v in fields.items() if v is not None},
+        )
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+
+
+async def until_disconnect(request: Request, awaitable):
+    """Awaits ``awaitable`` unless the client disconnects first (then cancels it: ClientGone)."""
+    task = asyncio.ensure_future(awaitable)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    raise ClientGone()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class Job:
+    """The engine sequences of one API request: ``len(prompts) * n`` choices."""
+
+    def __init__(self, client: EngineClient, metrics: ServerMetrics, prefix: str,
+                 prompts: Sequence[list[int]], params: Sequence[SamplingParams],
+                 tags: ProgramTags, priority: float) -> None:  # fmt: skip
+        self.id = f"{prefix}-{uuid.uuid4().hex}"
+        self.client = client
+        self.metrics = metrics
+        self.prompts = prompts
+        self.n = params[0].n
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._tasks: list[asyncio.Task] = []
+        self._first: tuple[int, RequestOutput] | None = None
+        for p_idx, (ids, sp) in enumerate(zip(prompts, params)):
+            base = self.id if len(prompts) == 1 else f"{self.id}-p{p_idx}"
+            for rid, sub, i in expand_n(base, sp):
+                gen = client.generate(rid, ids, sub, priority=priority, program_id=tags.program_id,
+                                      thread_id=tags.thread_id, parent_ids=tags.parent_ids)  # fmt: skip
+                self._tasks.append(asyncio.create_task(self._pump(p_idx * self.n + i, gen)))
+        self._remaining = len(self._tasks)
+
+    async def _pump(self, index: int, gen: AsyncIterator[RequestOutput]) -> None:
+        try:
+            async for out in gen:
+                self._queue.put_nowait((index, out, None))
+            self._queue.put_nowait((index, None, None))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to the reader
+            self._queue.put_nowait((index, None, exc))
+        finally:
+            await gen.aclose()
+
+    async def _next(self) -> tuple[int, RequestOutput] | None:
+        while self._remaining:
+            index, out, exc = await self._queue.get()
+            if exc is not None:
+                raise _as_openai_error(exc)
+            if out is None:
+                self._remaining -= 1
+                continue
+            if out.finished:
+                # NOTE: the prompt counts once per prompt, not once per choice.
+                self.metrics.observe_finished(out, count_prompt=index % self.n == 0)
+            return index, out
+        return None
+
+    async def prime(self) -> None:
+        """Waits for the first output, so input errors surface before a stream answers 200."""
+        self._first = await self._next()
+
+    async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """Every output of every choice as it arrives (the primed one first)."""
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        while (item := await self._next()) is not None:
+            yield item
+
+    async def collect(self) -> list[RequestOutput]:
+        """The final output of each choice, in choice order."""
+        last: dict[int, RequestOutput] = {}
+        async for index, out in self.outputs():
+            last[index] = out
+        return [last[i] for i in sorted(last)]
+
+    def close(self) -> None:
+        """Cancels every generator still running (aborting its request). Safe to call twice."""
+        for task in self._tasks:
+            if not task.done():
+                task.cancel()
+
+
+def _as_openai_error(exc: BaseException) -> OpenAIError:
+    if isinstance(exc, OpenAIError):
+        return exc
+    if isinstance(exc, ValueError):
+        return bad_request(str(exc))
+    if isinstance(exc, EngineDeadError):
+        return OpenAIError(503, f"the engine is not available: {exc}", code="engine_unavailable")
+    if isinstance(exc, EngineError):
+        return OpenAIError(500, str(exc), code="engine_error")
+    return OpenAIError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
