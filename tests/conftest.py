@@ -70,3 +70,23 @@ def run_to_end(s: _core.Scheduler, token: int = 7, max_steps: int = 10_000):
 @pytest.fixture
 def sched():
     return make_scheduler()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """NOTE: on a small shared CPU one intra-op thread is several times faster per step."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def tiny_async_engine(**engine_options):
+    """An AsyncEngine on builtin:tiny with a 16 MiB KV cache (server tests)."""
+    from pyserve.config import EngineConfig
+    from pyserve.engine.async_engine import AsyncEngine
+
+    opts = {"kv_cache_bytes": 16 << 20, **engine_options}
+    return AsyncEngine.from_config(EngineConfig.from_kwargs("builtin:tiny", **opts))

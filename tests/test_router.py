@@ -202,3 +202,43 @@ def test_serve_args():
     assert wants_cluster(p.parse_args(["--ray-address", "auto"]))
     with pytest.raises(SystemExit):
         p.parse_args(["--routing", "random"])
+
+
+def test_sim_cluster_releases_a_call_before_an_engine_steps_past_it():
+    """Regression: engine 0 runs a long prefill step while engine 1 finishes ``b`` and goes idle;
+    ``c`` (due 10 ms later, routed to engine 0) must join engine 0's next step, not the one after
+    (the cluster used to step engine 0 before the driver had released ``c``)."""
+    from pyserve.sim.cluster import ClusterExecutor
+    from pyserve.sim.cost_model import CostModel
+    from pyserve.sim.driver import Driver, TokenBook
+    from pyserve.sim.executor import SimSetup, build_core_config, required_model_len
+    from pyserve.sim.presets import get_preset
+    from pyserve.sim.trace import Call, Program
+
+    progs = [
+        Program("p1", 0.0, (Call("a", 2000, 3),)),
+        Program("p2", 0.0, (Call("b", 10, 3), Call("c", 10, 3, ("b",), False, 0.01))),
+    ]
+    setup = SimSetup()
+    pre = get_preset(setup.preset)
+    cost = CostModel(pre, setup.block_size)
+    config = build_core_config(setup, "plas", cost, required_model_len(progs, setup.block_size))
+    book = TokenBook()
+    ex = ClusterExecutor(config, 2, cost, book, RouterOptions(routing="round_robin"))
+    driver = Driver(progs, ex, book, vocab_size=pre.model.vocab_size)
+    step, late = ex.step, []
+
+    def checked_step():
+        start = min(eng.next_start() for eng in ex.engines)
+        due = driver.heap[0][0] if driver.heap else np.inf
+        r = step()
+        if r.plan.num_seqs and due <= start:
+            late.append((due, start))
+        return r
+
+    ex.step = checked_step
+    r = driver.run()
+    assert ex.routed.tolist() == [2, 1]
+    prefill_end = r.token_times[r.offset[0]]  # a's first token: the end of its prefill step
+    assert r.release[2] < prefill_end
+    assert late == [] and r.start[2] == pytest.approx(prefill_end)

@@ -8,11 +8,9 @@ import time
 
 import httpx
 import pytest
-import torch
+from conftest import tiny_async_engine
 from prometheus_client.parser import text_string_to_metric_families
 
-from pyserve.config import EngineConfig
-from pyserve.engine.async_engine import AsyncEngine
 from pyserve.server.app import build_app
 from pyserve.server.runner import ServerThread
 
@@ -25,19 +23,12 @@ OK_COMPLETION = {"model": MODEL, "prompt": "hello", "max_tokens": 4}
 OK_CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """NOTE: on a small shared CPU one intra-op thread is several times faster per step."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def engine():
-    return AsyncEngine.from_config(EngineConfig.from_kwargs(MODEL, kv_cache_bytes=16 << 20,
-                                                            max_model_len=CONTEXT))  # fmt: skip
+    return tiny_async_engine(max_model_len=CONTEXT)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import time
 
 import httpx
 import pytest
-import torch
+from conftest import tiny_async_engine
 from prometheus_client.parser import text_string_to_metric_families
 
 from pyserve.config import EngineConfig
@@ -23,21 +23,13 @@ MODEL = "builtin:tiny"
 LONG = 1500  # tokens a dropped request would generate: ~tens of seconds on this CPU
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """NOTE: on a small shared CPU one intra-op thread is several times faster per step."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def engine():
     # NOTE: max_num_seqs=4 so that some of the dropped requests are still queued when they drop.
-    return AsyncEngine.from_config(EngineConfig.from_kwargs(MODEL, kv_cache_bytes=16 << 20,
-                                                            max_model_len=2048,
-                                                            max_num_seqs=4))  # fmt: skip
+    return tiny_async_engine(max_model_len=2048, max_num_seqs=4)
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,9 @@ import time
 
 import httpx
 import pytest
-import torch
+from conftest import tiny_async_engine
 from prometheus_client.parser import text_string_to_metric_families
 
-from pyserve.config import EngineConfig
-from pyserve.engine.async_engine import AsyncEngine
 from pyserve.server.app import build_app
 from pyserve.server.runner import ServerThread
 
@@ -24,20 +22,12 @@ MAX_TOKENS = 3
 TIME_LIMIT_S = 150.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """NOTE: on a small shared CPU one intra-op thread is several times faster per step."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def server():
-    eng = AsyncEngine.from_config(EngineConfig.from_kwargs(MODEL, kv_cache_bytes=16 << 20,
-                                                           max_model_len=256,
-                                                           max_num_seqs=256))  # fmt: skip
+    eng = tiny_async_engine(max_model_len=256, max_num_seqs=256)
     with ServerThread(build_app(eng), log_level="error") as srv:
         yield srv
 

@@ -11,12 +11,12 @@ import time
 import httpx
 import pytest
 import torch
+from conftest import tiny_async_engine
 
 openai = pytest.importorskip("openai")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from pyserve.config import EngineConfig  # noqa: E402
-from pyserve.engine.async_engine import AsyncEngine  # noqa: E402
 from pyserve.model.loader import resolve_model_path  # noqa: E402
 from pyserve.server.app import build_app  # noqa: E402
 from pyserve.server.runner import ServerThread  # noqa: E402
@@ -28,18 +28,11 @@ GREEDY = {"temperature": 0.0, "extra_body": {"ignore_eos": True}}
 
 @pytest.fixture(scope="module")
 def engine():
-    eng = AsyncEngine.from_config(EngineConfig.from_kwargs(MODEL, kv_cache_bytes=16 << 20,
-                                                           max_model_len=512))  # fmt: skip
+    eng = tiny_async_engine(max_model_len=512)
     yield eng
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """NOTE: on a small shared CPU one intra-op thread is several times faster per step."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,13 @@ import time
 
 import httpx
 import pytest
-import torch
+from conftest import tiny_async_engine
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
-from pyserve.config import EngineConfig  # noqa: E402
-from pyserve.engine.async_engine import AsyncEngine  # noqa: E402
 from pyserve.server.app import build_app  # noqa: E402
 from pyserve.server.runner import ServerThread  # noqa: E402
 
@@ -28,20 +26,13 @@ CALLS: list[int] = []  # one entry per request sent
 SEEN: dict[tuple[str, str], set[int]] = {}  # (method, path) -> statuses answered
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """NOTE: on a small shared CPU one intra-op thread is several times faster per step."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def server():
     # NOTE: a short context bounds the work of any generated request (n <= 16, <= 48 tokens).
-    eng = AsyncEngine.from_config(EngineConfig.from_kwargs(MODEL, kv_cache_bytes=16 << 20,
-                                                           max_model_len=48))  # fmt: skip
+    eng = tiny_async_engine(max_model_len=48)
     with ServerThread(build_app(eng, max_request_bytes=256 << 10), log_level="error") as srv:
         yield srv
 

@@ -63,12 +63,7 @@ bool Scheduler::admit_waiting(Request& r) {
     free_gpu_blocks(r);
     return false;
   }
-  dequeue(waiting_, r);
-  leave_queue(r);
-  r.status = Status::kRunning;
-  r.protected_until_step = plan_.step + cfg_.min_steps_between_preemptions;
-  running_.push_back(r.id);
-  emit(r, n);
+  start_running(waiting_, r, n);
   return true;
 }
 
@@ -90,13 +85,17 @@ bool Scheduler::admit_swapped(Request& r) {
   r.block_hashes.clear();
   r.chain_tail = kNoBlock;
   grow(r, &n, false);
-  dequeue(swapped_, r);
+  start_running(swapped_, r, n);
+  return true;
+}
+
+void Scheduler::start_running(Queue& from, Request& r, int num_tokens) {
+  dequeue(from, r);
   leave_queue(r);
   r.status = Status::kRunning;
   r.protected_until_step = plan_.step + cfg_.min_steps_between_preemptions;
   running_.push_back(r.id);
-  emit(r, n);
-  return true;
+  emit(r, num_tokens);
 }
 
 }  // namespace pyserve

@@ -280,17 +280,10 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry: ``python -m pyserve.sim.bench_cli run|compare ...``."""
-    parser = argparse.ArgumentParser(prog="pyserve.sim.bench")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register_run(sub)
-    register_compare(sub)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """Standalone entry: ``python -m pyserve.sim.bench_cli run|compare ...`` (= ``pyserve bench``)."""
+    from pyserve.cli import main as cli_main
+
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -80,16 +80,11 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry: ``python -m pyserve.sim.cli gen|calibrate ...``."""
-    parser = argparse.ArgumentParser(prog="pyserve.sim")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register_gen(sub)
-    register_calibrate(sub)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from pyserve.cli import main as cli_main
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    # `gen` lives under `pyserve bench`, `calibrate` at the top level.
+    return cli_main(["bench", *args] if args[:1] == ["gen"] else args)
 
 
 if __name__ == "__main__":

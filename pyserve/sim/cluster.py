@@ -7,9 +7,11 @@ engine when the driver releases it. Each engine keeps its own clock (the end of 
 the cluster always steps the engine whose next step starts earliest (a discrete-event loop).
 
 NOTE (time): an engine steps from start time ``s`` only after the driver has released every call
-due by ``s``; when it has not (the driver's clock is behind), :meth:`ClusterExecutor.step` returns
-an empty step that moves the clock to ``s``. A call routed to an engine whose clock is behind the
-call's release waits in that engine's inbox until the engine reaches it.
+due by ``s``. The driver releases up to :attr:`ClusterExecutor.now` right before each step, so when
+``s`` is past ``now`` (the previous step ended earlier, e.g. on an engine that just went idle),
+:meth:`ClusterExecutor.step` returns an empty step that moves the clock to ``s`` first. A call
+routed to an engine whose clock is behind the call's release waits in that engine's inbox until
+the engine reaches it.
 
 NOTE (ids): the driver's TokenBook is indexed by seq id; engines reuse their dense ids, so the
 cluster hands out global ids (never reused) and maps each engine's ids to them per step with one
@@ -102,7 +104,6 @@ class ClusterExecutor:
             self.router.report(e, config.num_gpu_blocks, config.num_gpu_blocks)
         self.cost, self.book = cost, book
         self._now = 0.0
-        self._horizon = 0.0  # the latest clock the driver has released calls up to
         self._call_ids: list[str] = []  # global id -> request id
         self._started = np.zeros(1024, dtype=bool)
         self.routed = np.zeros(num_engines, dtype=np.int64)
@@ -129,7 +130,6 @@ class ClusterExecutor:
 
     def idle_until(self, t: float) -> None:
         self._now = max(self._now, t)
-        self._horizon = max(self._horizon, self._now)
 
     def step(self) -> StepResult:
         """Steps the engine whose next step starts earliest (or moves the clock; see module)."""
@@ -138,8 +138,8 @@ class ClusterExecutor:
         s = starts[e]
         if not math.isfinite(s):
             raise RuntimeError("step() called with no work on any engine")
-        if s > self._horizon:
-            self._now = self._horizon = s
+        if s > self._now:  # NOTE: the driver has released calls up to _now only
+            self._now = s
             return StepResult(_Plan(0, 0, 0, _EMPTY), _EMPTY, _EMPTY, 0.0, [], _EMPTY)
         eng = self.engines[e]
         eng.clock = s
@@ -161,7 +161,6 @@ class ClusterExecutor:
         st = eng.core.stats()
         self.router.report(e, st["gpu_blocks_free"], st["gpu_blocks_total"])
         self._now = eng.clock
-        self._horizon = max(self._horizon, self._now)
         num_decodes = plan.num_decodes
         out_plan = _Plan(plan.num_seqs, num_decodes, plan.num_prefills, gids)
         return StepResult(out_plan, sample, sampled, seconds, done, pos)

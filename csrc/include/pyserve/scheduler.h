@@ -81,6 +81,7 @@ class Scheduler {
   void schedule_admissions();
   bool admit_waiting(Request& r);
   bool admit_swapped(Request& r);
+  void start_running(Queue& from, Request& r, int num_tokens);
   void prefix_lookup(Request& r);
   // preempt.cc
   void preempt(Request& r);
