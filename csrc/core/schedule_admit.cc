@@ -53,6 +53,9 @@ void Scheduler::prefix_lookup(Request& r) {
 }
 
 bool Scheduler::admit_waiting(Request& r) {
+  // NOTE: with no free block nothing can be admitted (cached blocks are full, so the first token
+  // to compute always needs a fresh block); skip the prefix lookup it would undo.
+  if (gpu_.num_free() == 0) return false;
   if (cfg_.enable_prefix_caching && r.blocks.empty()) prefix_lookup(r);
   int n = std::min(r.remaining_to_compute(), budget_);
   if (!grow(r, &n, true)) {
