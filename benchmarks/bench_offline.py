@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from pyserve import LLM, SamplingParams
+from pyserve.model.loader import resolve_model_path
 
 PROMPT, OUTPUT = 128, 128
 
@@ -37,6 +39,10 @@ def llama_100m() -> str:
                           num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4,
                           max_position_embeddings=2048, tie_word_embeddings=False)  # fmt: skip
         LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
+        # The prompts are token ids; borrow builtin:tiny's byte-level tokenizer for the folder.
+        tiny = resolve_model_path("builtin:tiny")
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(tiny / name, folder / name)
     return str(folder)
 
 
