@@ -206,3 +206,26 @@ def test_sjf_runs_shortest_hint_first():
     assert list(p["seq_ids"]) == [s.find("short")]
     done = run_to_end(s)
     assert set(done) == {"long", "short", "nohint"}
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_plas_ltr_first_call_hybrid(hybrid):
+    s = queued("plas", plas_ltr_first_call=hybrid, max_preemptions_per_step=2)
+    s.add_request("a1", prompt(), max_tokens=10, program_id="A")
+    run_to_end(s)  # A has attained service: its next call is not a first call
+    s.add_request("busy", prompt(4, 50), max_tokens=3, program_id="C")
+    step(s, seconds=0.001)  # tiny steps keep every call in queue 0
+    s.add_request("long", prompt(4, 20), max_tokens=2, program_id="L", ltr_score=500.0)
+    s.add_request("short", prompt(4, 30), max_tokens=2, program_id="S", ltr_score=5.0)
+    order = []
+    for _ in range(20):
+        p, _ = step(s, seconds=0.001)
+        assert len(p["preempted"]) == 0  # same queue: never a proactive preemption
+        for sid in p["seq_ids"]:
+            rid = s.request_info(int(sid))["request_id"]
+            if rid not in order:
+                order.append(rid)
+        if not s.has_unfinished():
+            break
+    first = order.index("short") < order.index("long")
+    assert first == hybrid  # FCFS inside the queue unless the hybrid ranks first calls

@@ -61,6 +61,7 @@ void bind_config(py::module_& m) {
       .def_readwrite("quantum_base", &SchedulerConfig::quantum_base)
       .def_readwrite("quantum_growth", &SchedulerConfig::quantum_growth)
       .def_readwrite("starvation_beta", &SchedulerConfig::starvation_beta)
+      .def_readwrite("plas_ltr_first_call", &SchedulerConfig::plas_ltr_first_call)
       .def_readwrite("starve_steps", &SchedulerConfig::starve_steps)
       .def_readwrite("starve_quantum", &SchedulerConfig::starve_quantum)
       .def_readwrite("program_ttl_s", &SchedulerConfig::program_ttl_s)

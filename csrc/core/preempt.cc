@@ -67,7 +67,7 @@ void Scheduler::proactive_preemption() {
     bool full = int(running_.size()) >= cfg_.max_num_seqs || gpu_.num_free() < want;
     if (!full) return;
     SeqId v = pick_victim(true);
-    if (v < 0 || !(cand.key.k0 < make_key(req(v)).k0)) return;
+    if (v < 0 || !(policy_->preempt_class(cand) < policy_->preempt_class(req(v)))) return;
     preempt(req(v));
     compact_running();
     ++done;

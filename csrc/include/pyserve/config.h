@@ -42,6 +42,9 @@ struct SchedulerConfig {
   // Anti-starvation: promote to the top queue when (program wait + call wait) /
   // (program service + call service) >= starvation_beta. <= 0 disables it.
   double starvation_beta = 256.0;
+  // plas hybrid: order the first calls of programs (no completed call yet) inside their queue by
+  // the learned-ranking score, shortest predicted first, instead of by arrival.
+  bool plas_ltr_first_call = false;
   // ltr: a request unscheduled for starve_steps consecutive steps runs at top priority for its
   // next starve_quantum steps.
   int starve_steps = 200;

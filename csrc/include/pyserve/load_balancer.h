@@ -33,12 +33,12 @@ struct RouterConfig {
 /// What the router knows about one engine.
 struct EngineLoad {
   bool alive = true;
-  int calls = 0;               // routed here and not finished
-  int queued = 0;              // of those, not started yet
-  int64_t queued_blocks = 0;   // KV blocks the queued calls' prompts need
-  int free_blocks = 0;         // last report from the engine
-  int total_blocks = 0;        // last report from the engine
-  int64_t routed = 0;          // calls ever routed here
+  int calls = 0;              // routed here and not finished
+  int queued = 0;             // of those, not started yet
+  int64_t queued_blocks = 0;  // KV blocks the queued calls' prompts need
+  int free_blocks = 0;        // last report from the engine
+  int total_blocks = 0;       // last report from the engine
+  int64_t routed = 0;         // calls ever routed here
 };
 
 /// Decides the engine of each call and tracks calls until they finish.

@@ -20,6 +20,9 @@ class Policy {
   virtual const char* name() const = 0;
   /// Primary key, lower runs earlier.
   virtual double primary(const Request& r) const = 0;
+  /// Coarse class used by proactive preemption: a queued call displaces a running one only when
+  /// its class is strictly better (e.g. a strictly better queue). Defaults to the primary key.
+  virtual double preempt_class(const Request& r) const { return primary(r); }
   /// The call entered the core; r.program is its (possibly new) program entry.
   virtual void on_arrival(Request& r, double now) {}
   /// The call took part in a step and was charged `seconds` of service.

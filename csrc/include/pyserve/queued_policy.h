@@ -13,6 +13,7 @@ class QueuedPolicy : public Policy {
 
   /// Queue index, lower runs earlier (FCFS inside a queue through the scheduler's tie-breaks).
   double primary(const Request& r) const override { return r.queue; }
+  double preempt_class(const Request& r) const override { return r.queue; }
   void on_arrival(Request& r, double now) override;
   /// Charges the call; demotes it one queue when it exhausts its queue's quantum.
   void on_service(Request& r, double seconds) override;

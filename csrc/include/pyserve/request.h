@@ -79,6 +79,7 @@ struct Request {
   double call_wait = 0.0;        // anti-starvation wait counter (reset on promotion)
   double call_service = 0.0;     // anti-starvation service counter (reset on promotion)
   double snapshot = 0.0;         // ATLAS: program critical-path scalar at arrival
+  bool first_call = false;       // plas hybrid: its program had no completed call at arrival
   int64_t boost_steps_left = 0;  // ltr: steps left at top priority after starving
 
   int num_tokens() const { return static_cast<int>(tokens.size()); }
