@@ -189,7 +189,8 @@ class Engine:
     def _postprocess(self, plan, rows, states, tokens, out, finished) -> list[RequestOutput]:
         now = self.now()
         touched: dict[int, RequestState] = {}
-        for sid in np.asarray(plan.seq_ids):
+        # NOTE: a request is first scheduled as a prefill, so decodes (the bulk) are skipped.
+        for sid in np.asarray(plan.seq_ids)[plan.num_decodes :]:
             st = self.states.get(int(sid))
             if st is not None and st.metrics.first_scheduled_time is None:
                 st.metrics.first_scheduled_time = now
