@@ -13,7 +13,6 @@ from torch import nn
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
 _ARCH_MODULES = ("pyserve.model.llama",)
-_loaded = False
 
 
 def register_model(*architectures: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -28,11 +27,8 @@ def register_model(*architectures: str) -> Callable[[type[nn.Module]], type[nn.M
 
 
 def _ensure_loaded() -> None:
-    global _loaded
-    if not _loaded:
-        for module in _ARCH_MODULES:
-            importlib.import_module(module)
-        _loaded = True
+    for module in _ARCH_MODULES:  # NOTE: a no-op after the first import (sys.modules)
+        importlib.import_module(module)
 
 
 def supported_architectures() -> list[str]:
