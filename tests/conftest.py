@@ -90,3 +90,29 @@ def tiny_async_engine(**engine_options):
 
     opts = {"kv_cache_bytes": 16 << 20, **engine_options}
     return AsyncEngine.from_config(EngineConfig.from_kwargs("builtin:tiny", **opts))
+
+
+def server_metrics(url: str, timeout_s: float = 30.0) -> dict[str, float]:
+    """A server's /metrics as sample name -> value (histogram buckets dropped; the last labelled
+    sample of a name wins — one model per test server)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics", timeout=timeout_s).text
+    return {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+            if "le" not in s.labels}  # fmt: skip
+
+
+def wait_server_idle(url: str, timeout_s: float, poll_s: float = 0.05) -> dict[str, float]:
+    """Polls /metrics until nothing runs or waits and no KV block is in use; returns the metrics
+    (fails the test after timeout_s)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        m = server_metrics(url)
+        busy = m["pyserve:num_requests_running"] + m["pyserve:num_requests_waiting"]
+        if busy == 0 and m["pyserve:kv_cache_blocks_used"] == 0:
+            return m
+        assert time.monotonic() < deadline, f"requests or KV blocks still held: {m}"
+        time.sleep(poll_s)

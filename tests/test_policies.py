@@ -17,12 +17,19 @@ def queued(policy, **kw):
     return make_scheduler(**opts)
 
 
-def first_scheduled(s, rid, steps=50):
-    for k in range(steps):
-        p, _ = step(s)
-        if s.find(rid) in p["seq_ids"]:
-            return k
-    raise AssertionError(f"{rid} never scheduled")
+def admission_order(s, seconds=0.01, no_preemption=False, steps=20):
+    """Request ids in the order they are first scheduled, stepping until all finish."""
+    order = []
+    for _ in range(steps):
+        p, _ = step(s, seconds=seconds)
+        assert not (no_preemption and len(p["preempted"]))
+        for sid in p["seq_ids"]:
+            rid = s.request_info(int(sid))["request_id"]
+            if rid not in order:
+                order.append(rid)
+        if not s.has_unfinished():
+            break
+    return order
 
 
 def test_plas_low_service_program_runs_before_high_service_one():
@@ -35,15 +42,7 @@ def test_plas_low_service_program_runs_before_high_service_one():
     s.add_request("a2", prompt(4, 20), max_tokens=2, program_id="A", arrival_time=2.0)
     s.add_request("b1", prompt(4, 30), max_tokens=2, program_id="B", arrival_time=3.0)
     assert s.request_info(s.find("a2"))["queue"] == 3 and s.request_info(s.find("b1"))["queue"] == 0
-    order = []
-    for _ in range(20):
-        p, _ = step(s)
-        for sid in p["seq_ids"]:
-            rid = s.request_info(int(sid))["request_id"]
-            if rid not in order:
-                order.append(rid)
-        if not s.has_unfinished():
-            break
+    order = admission_order(s)
     assert order.index("b1") < order.index("a2")  # later arrival, lower program service
 
 
@@ -217,15 +216,6 @@ def test_plas_ltr_first_call_hybrid(hybrid):
     step(s, seconds=0.001)  # tiny steps keep every call in queue 0
     s.add_request("long", prompt(4, 20), max_tokens=2, program_id="L", ltr_score=500.0)
     s.add_request("short", prompt(4, 30), max_tokens=2, program_id="S", ltr_score=5.0)
-    order = []
-    for _ in range(20):
-        p, _ = step(s, seconds=0.001)
-        assert len(p["preempted"]) == 0  # same queue: never a proactive preemption
-        for sid in p["seq_ids"]:
-            rid = s.request_info(int(sid))["request_id"]
-            if rid not in order:
-                order.append(rid)
-        if not s.has_unfinished():
-            break
+    order = admission_order(s, seconds=0.001, no_preemption=True)  # same queue: never preempted
     first = order.index("short") < order.index("long")
     assert first == hybrid  # FCFS inside the queue unless the hybrid ranks first calls

@@ -4,12 +4,10 @@ server keeps serving with no KV block leaked."""
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
-from conftest import tiny_async_engine
-from prometheus_client.parser import text_string_to_metric_families
+from conftest import tiny_async_engine, wait_server_idle
 
 from pyserve.server.app import build_app
 from pyserve.server.runner import ServerThread
@@ -211,15 +209,7 @@ def test_still_serving_and_no_leaked_blocks(server, http):
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 6
     r = http.post("/v1/chat/completions", json=OK_CHAT)
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant"
-    deadline = time.monotonic() + 20
-    while True:
-        text = http.get("/metrics").text
-        m = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
-        busy = m["pyserve:num_requests_running"] + m["pyserve:num_requests_waiting"]
-        if busy == 0 and m["pyserve:kv_cache_blocks_used"] == 0:
-            break
-        assert time.monotonic() < deadline, m
-        time.sleep(0.05)
+    m = wait_server_idle(server.url, timeout_s=20)
     assert m["pyserve:engine_step_failures_total"] == 0
     errors = sum(v for k, v in m.items() if k == "pyserve:request_errors_total")
     assert errors >= 1  # the engine-side rejection (token id out of vocab) was counted

@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 
 import httpx
 import pytest
+from conftest import server_metrics as metrics
 from conftest import tiny_async_engine
-from prometheus_client.parser import text_string_to_metric_families
+from conftest import wait_server_idle as wait_all_free
 
 from pyserve.config import EngineConfig
 from pyserve.engine.async_engine import AsyncEngine
@@ -36,24 +36,6 @@ def engine():
 def server(engine):
     with ServerThread(build_app(engine, shutdown_client=False)) as srv:
         yield srv
-
-
-def metrics(url: str) -> dict[str, float]:
-    text = httpx.get(url + "/metrics", timeout=10).text
-    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
-            if "le" not in s.labels}  # fmt: skip
-
-
-def wait_all_free(url: str, timeout_s: float) -> dict[str, float]:
-    """Polls until nothing runs or waits and no KV block is in use (fails after timeout_s)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        m = metrics(url)
-        busy = m["pyserve:num_requests_running"] + m["pyserve:num_requests_waiting"]
-        if busy == 0 and m["pyserve:kv_cache_blocks_used"] == 0:
-            return m
-        assert time.monotonic() < deadline, f"requests or blocks still held: {m}"
-        time.sleep(0.05)
 
 
 def long_body(stream: bool, prompt: str = "tell me a very long story") -> dict:

@@ -9,8 +9,8 @@ import time
 
 import httpx
 import pytest
+from conftest import server_metrics as metrics
 from conftest import tiny_async_engine
-from prometheus_client.parser import text_string_to_metric_families
 
 from pyserve.server.app import build_app
 from pyserve.server.runner import ServerThread
@@ -30,12 +30,6 @@ def server():
     eng = tiny_async_engine(max_model_len=256, max_num_seqs=256)
     with ServerThread(build_app(eng), log_level="error") as srv:
         yield srv
-
-
-def metrics(url: str) -> dict[str, float]:
-    text = httpx.get(url + "/metrics", timeout=30).text
-    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
-            if "le" not in s.labels}  # fmt: skip
 
 
 async def one_request(client: httpx.AsyncClient, cid: int, k: int) -> dict:

@@ -6,15 +6,13 @@ builtin:tiny weights; streaming, n > 1, seeds and program sessions against the A
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 import torch
-from conftest import tiny_async_engine
+from conftest import server_metrics as metrics
+from conftest import tiny_async_engine, wait_server_idle
 
 openai = pytest.importorskip("openai")
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from pyserve.config import EngineConfig  # noqa: E402
 from pyserve.model.loader import resolve_model_path  # noqa: E402
@@ -67,24 +65,6 @@ def hf_reference():
         return out, lps[torch.arange(n), out].tolist(), lps.topk(3, dim=-1).indices.tolist()
 
     return tok, run
-
-
-def metrics(url: str) -> dict[str, float]:
-    """Sample name -> value (labels dropped; one model per server)."""
-    text = httpx.get(url + "/metrics", timeout=10).text
-    return {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-            if "le" not in s.labels}  # fmt: skip
-
-
-def wait_idle(url: str, timeout_s: float = 30.0) -> dict[str, float]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        m = metrics(url)
-        busy = m["pyserve:num_requests_running"] + m["pyserve:num_requests_waiting"]
-        if busy == 0 and m["pyserve:kv_cache_blocks_used"] == 0:
-            return m
-        assert time.monotonic() < deadline, f"server not idle: {m}"
-        time.sleep(0.05)
 
 
 def test_models_and_health(server, client):
@@ -199,7 +179,7 @@ def test_programs_start_end_and_tags(server, client, engine):
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
                                    max_tokens=4, extra_headers={"X-Program-Id": "agent-7",
                                                                 "X-Thread-Id": "main"})  # fmt: skip
-    wait_idle(url)
+    wait_server_idle(url, timeout_s=30.0)
     # NOTE: the engine thread is idle (nothing queued), so reading the core here is race-free.
     for p in (pid, "agent-7"):
         info = engine.engine.core.program_info(p)
@@ -218,7 +198,7 @@ def test_programs_start_end_and_tags(server, client, engine):
 def test_metrics_count_tokens_and_blocks_are_free(server, client):
     before = metrics(server.url)
     client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=5, **GREEDY)
-    after = wait_idle(server.url)
+    after = wait_server_idle(server.url, timeout_s=30.0)
     gen = "pyserve:generation_tokens_total"
     assert after[gen] - before.get(gen, 0) == 5
     assert after["pyserve:time_to_first_token_seconds_count"] > 0

@@ -5,15 +5,13 @@ with every KV block free."""
 from __future__ import annotations
 
 import os
-import time
 
 import httpx
 import pytest
-from conftest import tiny_async_engine
+from conftest import tiny_async_engine, wait_server_idle
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
 from pyserve.server.app import build_app  # noqa: E402
@@ -69,15 +67,7 @@ def test_idle_and_no_leaked_blocks_afterwards(server):
         assert 200 in statuses and any(400 <= s < 500 for s in statuses), (path, statuses)
     assert ("DELETE", "/v1/programs/{program_id}") in SEEN
     assert len(CALLS) >= EXAMPLES
-    deadline = time.monotonic() + 60
-    while True:
-        text = httpx.get(server.url + "/metrics", timeout=10).text
-        m = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
-        busy = m["pyserve:num_requests_running"] + m["pyserve:num_requests_waiting"]
-        if busy == 0 and m["pyserve:kv_cache_blocks_used"] == 0:
-            break
-        assert time.monotonic() < deadline, m
-        time.sleep(0.1)
+    m = wait_server_idle(server.url, timeout_s=60, poll_s=0.1)
     assert m["pyserve:engine_step_failures_total"] == 0
     r = httpx.post(server.url + "/v1/completions", timeout=30,
                    json={"model": MODEL, "prompt": "still here", "max_tokens": 2})  # fmt: skip

@@ -97,7 +97,7 @@ class Replica:
             )
         self.engine.add_request(request_id, prompt, params, priority=priority,
                                 program_id=program_id, thread_id=thread_id,
-                                parent_ids=parent_ids, ltr_score=ltr_score or 0.0)  # fmt: skip
+                                parent_ids=parent_ids, ltr_score=ltr_score)  # fmt: skip
         queue: asyncio.Queue = asyncio.Queue()
         self._queues[request_id] = queue
         self._sids[request_id] = self.engine.core.find(request_id)

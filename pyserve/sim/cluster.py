@@ -21,7 +21,6 @@ numpy gather.
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -31,9 +30,8 @@ import numpy as np
 from pyserve import _core
 from pyserve.dist.router import Router, RouterOptions
 from pyserve.sim.cost_model import CostModel
-from pyserve.sim.driver import Driver, RunResult, StepResult, TokenBook
-from pyserve.sim.executor import SimSetup, build_core_config, required_model_len
-from pyserve.sim.presets import get_preset
+from pyserve.sim.driver import RunResult, StepResult, TokenBook
+from pyserve.sim.executor import SimSetup, drive, prepare, run_meta
 from pyserve.sim.trace import Program
 
 _EMPTY = np.zeros(0, dtype=np.int32)
@@ -229,31 +227,14 @@ def run_cluster(
         short_call_tokens=short_call_tokens,
         block_size=setup.block_size,
     )
-    pre = get_preset(setup.preset)
-    cost = CostModel(pre, setup.block_size)
-    config = build_core_config(setup, policy, cost, required_model_len(programs, setup.block_size))
+    pre, cost, config = prepare(programs, policy, setup)
     book = TokenBook()
     ex = ClusterExecutor(config, engines, cost, book, options)
-    driver = Driver(programs, ex, book, vocab_size=pre.model.vocab_size, ltr_sigma=setup.ltr_sigma)
-    t0 = time.perf_counter()
-    result = driver.run(progress=progress, desc=f"{routing}/{policy}")
-    wall = time.perf_counter() - t0
-    if check_invariants:
-        ex.check_invariants()
-    result.meta = {
-        "executor": "sim-cluster",
-        "policy": policy,
-        "routing": routing,
-        "load_signal": load_signal,
-        "short_call_tokens": short_call_tokens,
-        "engines": engines,
-        "preset": pre.name,
-        "block_size": config.block_size,
-        "max_num_batched_tokens": config.max_num_batched_tokens,
-        "num_gpu_blocks": config.num_gpu_blocks,
-        "kv_bytes_per_token": pre.model.kv_bytes_per_token,
-        "routed": ex.routed.tolist(),
-        "wall_s": wall,
-        "sim_s": max(eng.clock for eng in ex.engines),
-    }
+    result, wall = drive(programs, ex, book, pre, setup, f"{routing}/{policy}",
+                         progress=progress, check_invariants=check_invariants)  # fmt: skip
+    result.meta = run_meta("sim-cluster", policy, config, pre, wall,
+                           max(eng.clock for eng in ex.engines))  # fmt: skip
+    result.meta.update(routing=routing, load_signal=load_signal,
+                       short_call_tokens=short_call_tokens, engines=engines,
+                       routed=ex.routed.tolist())  # fmt: skip
     return result

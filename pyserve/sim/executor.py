@@ -303,33 +303,33 @@ def make_real_executor(config: EngineConfig) -> RealExecutor:
     return EngineExecutor(config)
 
 
-def simulate(
-    programs: Sequence[Program],
-    policy: str,
-    setup: SimSetup | None = None,
-    *,
-    progress: bool = False,
-    profile: bool = False,
-    check_invariants: bool = False,
-) -> RunResult:
-    """Replay ``programs`` under ``policy`` in the simulator; returns the raw measurements."""
-    setup = setup or SimSetup()
+def prepare(programs: Sequence[Program], policy: str, setup: SimSetup):
+    """(preset, cost model, core config) of a simulated run; shared by single engines and
+    clusters."""
     preset = get_preset(setup.preset)
     cost = CostModel(preset, setup.block_size)
-    model_len = required_model_len(programs, setup.block_size)
-    config = build_core_config(setup, policy, cost, model_len)
-    book = TokenBook()
-    ex = SimExecutor(config, cost, book, profile=profile)
+    config = build_core_config(setup, policy, cost, required_model_len(programs, setup.block_size))
+    return preset, cost, config
+
+
+def drive(programs: Sequence[Program], ex, book: TokenBook, preset, setup: SimSetup, desc: str,
+          *, progress: bool, check_invariants: bool) -> tuple[RunResult, float]:  # fmt: skip
+    """Runs the program driver over executor ``ex``; returns (result, wall seconds)."""
     driver = Driver(
         programs, ex, book, vocab_size=preset.model.vocab_size, ltr_sigma=setup.ltr_sigma
     )
     t0 = time.perf_counter()
-    result = driver.run(progress=progress, desc=policy)
+    result = driver.run(progress=progress, desc=desc)
     wall = time.perf_counter() - t0
     if check_invariants:
         ex.check_invariants()
-    result.meta = {
-        "executor": "sim",
+    return result, wall
+
+
+def run_meta(executor: str, policy: str, config, preset, wall: float, sim_s: float) -> dict:
+    """The settings every simulated run records in ``RunResult.meta``."""
+    return {
+        "executor": executor,
         "policy": policy,
         "core_policy": config.policy,
         "preset": preset.name,
@@ -342,10 +342,29 @@ def simulate(
         "num_cpu_blocks": config.num_cpu_blocks,
         "kv_bytes_per_token": preset.model.kv_bytes_per_token,
         "wall_s": wall,
-        "sim_s": ex.now,
-        "speedup": ex.now / wall if wall > 0 else math.inf,
-        "timings": dict(ex.timings) if profile else {},
+        "sim_s": sim_s,
+        "speedup": sim_s / wall if wall > 0 else math.inf,
     }
+
+
+def simulate(
+    programs: Sequence[Program],
+    policy: str,
+    setup: SimSetup | None = None,
+    *,
+    progress: bool = False,
+    profile: bool = False,
+    check_invariants: bool = False,
+) -> RunResult:
+    """Replay ``programs`` under ``policy`` in the simulator; returns the raw measurements."""
+    setup = setup or SimSetup()
+    preset, cost, config = prepare(programs, policy, setup)
+    book = TokenBook()
+    ex = SimExecutor(config, cost, book, profile=profile)
+    result, wall = drive(programs, ex, book, preset, setup, policy, progress=progress,
+                         check_invariants=check_invariants)  # fmt: skip
+    result.meta = run_meta("sim", policy, config, preset, wall, ex.now)
+    result.meta["timings"] = dict(ex.timings) if profile else {}
     return result
 
 
