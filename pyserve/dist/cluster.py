@@ -68,7 +68,7 @@ class RayCluster:
         ray = self._ray = _import_ray()
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
-            ray.init(address=ray_address, **(init_kwargs or {}))
+            ray.init(address=ray_address, **_worker_env(init_kwargs or {}))
         gpus = num_gpus_per_replica
         if gpus is None:
             gpus = 1 if _wants_cuda(config.model.device) else 0
@@ -274,3 +274,25 @@ def _wants_cuda(device: str) -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _worker_env(init_kwargs: dict) -> dict:
+    """``ray.init`` arguments under which replicas import the same pyserve as this process.
+
+    NOTE: Ray puts the driver's working directory first on every worker's ``sys.path``. Started
+    in a source checkout, workers would import its ``pyserve/`` (no compiled core) instead of
+    the installed package. Then the workers get an empty working directory of their own, unless
+    the caller chose a ``runtime_env`` (an editable install needs none: its import hook wins).
+    """
+    import os
+    import tempfile
+
+    import pyserve
+
+    src = os.path.join(os.getcwd(), "pyserve")
+    ours = os.path.dirname(os.path.abspath(pyserve.__file__))
+    if "runtime_env" in init_kwargs or not os.path.isfile(os.path.join(src, "__init__.py")):
+        return init_kwargs
+    if os.path.realpath(src) == os.path.realpath(ours):
+        return init_kwargs
+    return {**init_kwargs, "runtime_env": {"working_dir": tempfile.mkdtemp(prefix="pyserve-ray-")}}
