@@ -32,7 +32,7 @@ def _require_core() -> None:
     else:
         what = f"the C++ extension pyserve._core is not built for the source folder {here}"
         todo = "build and install it: pip install -e .  (or pip install . and run elsewhere)"
-    raise ImportError(f"pyserve cannot load its compiled core: {what}. To fix: {todo}.")
+    raise ImportError(f"pyserve cannot load its compiled core: {what}. To fix: {todo}")
 
 
 _require_core()

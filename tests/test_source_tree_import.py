@@ -54,3 +54,16 @@ def test_installed_package_imports_from_any_directory(tmp_path):
     out = subprocess.run([sys.executable, "-c", "import pyserve._core, pyserve; print('ok')"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_ray_workers_get_their_own_working_directory_in_a_shadowing_checkout(tmp_path, monkeypatch):
+    from pyserve.dist.cluster import _worker_env
+
+    _source_copy(tmp_path)  # a checkout in the cwd that is not the imported package
+    monkeypatch.chdir(tmp_path)
+    env = _worker_env({"num_cpus": 1})
+    wd = env["runtime_env"]["working_dir"]
+    assert env["num_cpus"] == 1 and wd != str(tmp_path) and not any(Path(wd).iterdir())
+    assert _worker_env({"runtime_env": {"pip": []}}) == {"runtime_env": {"pip": []}}  # the caller's
+    monkeypatch.chdir(SRC.parent)  # the imported package's own checkout (editable install)
+    assert "runtime_env" not in _worker_env({})
