@@ -192,6 +192,7 @@ py::object program_info(const ProgramTable& t, const std::string& id) {
   d["last_arrival"] = e->last_arrival;
   d["last_completion"] = e->last_completion;
   d["engine_id"] = e->engine_id;
+  d["coming_back"] = e->coming_back;
   return d;
 }
 
@@ -204,6 +205,10 @@ void bind_programs(py::module_& m) {
       .def("__len__", &ProgramTable::size)
       .def("collect", &ProgramTable::collect, py::arg("now"))
       .def("ids", &ProgramTable::ids)
+      .def("mark_coming_back", &ProgramTable::mark_coming_back, py::arg("program_id"),
+           "Marks a live program as coming back (its last call ended with a tool call); returns "
+           "False for an unknown id. Its next call clears the mark.")
+      .def("coming_back", &ProgramTable::coming_back, py::arg("program_id"))
       .def("info", &program_info, py::arg("program_id"));
 }
 

@@ -147,6 +147,14 @@ class RayCluster:
         refs = [self._actors[e].end_program.remote(program_id) for e in self.router.live_engines()]
         await asyncio.gather(*refs, return_exceptions=True)
 
+    async def mark_coming_back(self, program_id: str) -> bool:
+        """Marks the program in the global table and on every live replica that holds it."""
+        found = self.router.programs.mark_coming_back(program_id)
+        live = self.router.live_engines()
+        refs = [self._actors[e].mark_coming_back.remote(program_id) for e in live]
+        marked = await asyncio.gather(*refs, return_exceptions=True)
+        return found or any(m is True for m in marked)
+
     def has_program(self, program_id: str) -> bool:
         return program_id in self.router.programs
 

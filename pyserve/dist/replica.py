@@ -139,6 +139,10 @@ class Replica:
         self.engine.end_program(program_id)
         return True
 
+    def mark_coming_back(self, program_id: str) -> bool:
+        """Marks the program in the local table if it is there; returns whether it was."""
+        return self.engine.mark_coming_back(program_id)
+
     # -- internals ---------------------------------------------------------------------------
     def _kv(self) -> tuple[int, int]:
         st = self.engine.stats()

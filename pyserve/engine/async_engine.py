@@ -160,6 +160,10 @@ class AsyncEngine:
 
         await self._call(end)
 
+    async def mark_coming_back(self, program_id: str) -> bool:
+        """Marks the program as coming back (its last call ended with a tool call)."""
+        return await self._call(lambda: self.engine.mark_coming_back(program_id))
+
     def has_program(self, program_id: str) -> bool:
         """Whether the program is started (mirror refreshed by the loop thread)."""
         return program_id in self._programs

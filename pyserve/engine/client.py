@@ -25,7 +25,7 @@ class EngineDeadError(EngineError):
 class EngineClient(Protocol):
     """What a front end (the OpenAI server, a benchmark) needs from an engine.
 
-    ``tokenizer`` offers ``encode(text)``, ``decode(ids)`` and ``apply_chat_template(messages)``.
+    ``tokenizer`` offers ``encode(text)``, ``decode(ids)`` and ``apply_chat_template(messages, tools=None)``.
     """
 
     model_name: str
@@ -62,6 +62,11 @@ class EngineClient(Protocol):
 
     async def end_program(self, program_id: str) -> None:
         """Ends a program; ValueError if it is unknown."""
+        ...
+
+    async def mark_coming_back(self, program_id: str) -> bool:
+        """Marks a program whose last call ended with a tool call: the agent will call again with
+        the same context (``ProgramTable.coming_back``). False if the program is unknown."""
         ...
 
     def has_program(self, program_id: str) -> bool:

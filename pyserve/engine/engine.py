@@ -149,6 +149,11 @@ class Engine:
         """Ends a program; ValueError if it is unknown."""
         self.core.end_program(program_id)
 
+    def mark_coming_back(self, program_id: str) -> bool:
+        """Marks a program whose last call ended with a tool call (its next call clears it);
+        False when the program is unknown (never started, ended or expired)."""
+        return self.core.programs.mark_coming_back(program_id)
+
     def stats(self) -> dict:
         return self.core.stats()
 

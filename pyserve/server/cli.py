@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from pyserve.server.app import API_KEY_ENV, DEFAULT_MAX_REQUEST_BYTES
+from pyserve.server.tool_parsers import PARSERS
 
 KEEP_ALIVE_S = 30  # idle keep-alive connections: longer than uvicorn's 5 s for agent loops
 
@@ -47,6 +48,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--policy", default="fcfs", help="scheduling policy (fcfs, priority, plas, ...)")
     p.add_argument("--served-model-name", default=None, help="model name clients must send")
     p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
+    p.add_argument("--tool-call-parser", default=None, choices=sorted(PARSERS),
+                   help="tool-call format of the model's answers (default: read from the chat "
+                   "template)")  # fmt: skip
     p.add_argument("--no-prefix-caching", action="store_true", help="disable the prefix cache")
     p.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
                    help="scheduler policy knob, e.g. starvation_beta=8 (repeatable)")  # fmt: skip
@@ -112,7 +116,8 @@ def run_serve(args: argparse.Namespace) -> int:
             client = AsyncEngine.from_config(config)
         app = build_app(client, api_key=args.api_key or os.environ.get(API_KEY_ENV),
                         max_request_bytes=args.max_request_bytes,
-                        served_model_name=args.served_model_name)  # fmt: skip
+                        served_model_name=args.served_model_name,
+                        tool_call_parser=args.tool_call_parser)  # fmt: skip
     except ValueError as exc:
         print(f"pyserve serve: error: {exc}", file=sys.stderr)
         return 2

@@ -37,22 +37,45 @@ class ProgramTags:
     parent_ids: tuple[str, ...] = ()
 
 
-def program_tags(body: SamplingFields, request: Request, client: EngineClient) -> ProgramTags:
-    """Tags from the body, else from ``X-Program-Id`` / ``X-Thread-Id``; 404 if unknown."""
-    pid = body.program_id or request.headers.get("x-program-id") or None
-    tid = body.thread_id or request.headers.get("x-thread-id") or None
+def program_tags(body: SamplingFields, request: Request) -> ProgramTags:
+    """Tags from the body, else from the headers.
+
+    The program id is ``program_id``, its alias ``session_id`` (vLLM's and SGLang's name), or
+    the ``X-Program-Id`` / ``X-Session-ID`` header; the thread id ``thread_id`` or
+    ``X-Thread-Id``. 400 when the body names two different programs.
+    """
+    h = request.headers
+    if body.program_id and body.session_id and body.program_id != body.session_id:
+        raise bad_request("session_id is an alias of program_id; they name different programs",
+                          param="session_id")  # fmt: skip
+    pid = (body.program_id or body.session_id or h.get("x-program-id")
+           or h.get("x-session-id") or None)  # fmt: skip
+    tid = body.thread_id or h.get("x-thread-id") or None
     for name, value in (("program_id", pid), ("thread_id", tid)):
         if value is not None and len(value) > 256:
             raise bad_request(f"{name} is longer than 256 characters", param=name)
-    if pid is not None and not client.has_program(pid):
-        raise OpenAIError(404, f"unknown program id {pid!r}: start it with POST /v1/programs",
-                          param="program_id", code="program_not_found")  # fmt: skip
     return ProgramTags(pid, tid, tuple(body.parent_ids))
 
 
+async def ensure_program(client: EngineClient, program_id: str | None) -> bool:
+    """Starts an unseen program implicitly (TTL collection ends it); True if this call did."""
+    if program_id is None or client.has_program(program_id):
+        return False
+    try:
+        await client.start_program(program_id)
+    except ValueError:
+        return False  # started meanwhile by a concurrent call, or live in the core already
+    return True
+
+
 def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int | None,
-                    prompt_len: int, max_model_len: int) -> SamplingParams:  # fmt: skip
-    """SamplingParams for one prompt; 400 when the request cannot fit the context."""
+                    prompt_len: int, max_model_len: int, overrides: dict | None = None
+                    ) -> SamplingParams:  # fmt: skip
+    """SamplingParams for one prompt; 400 when the request cannot fit the context.
+
+    ``overrides`` replaces fields the endpoint decides (e.g. ``skip_special_tokens`` for a
+    tool-call format whose markers are special tokens).
+    """
     room = max_model_len - prompt_len
     if room < 1:
         raise bad_request(f"this model's maximum context length is {max_model_len} tokens, but "
@@ -73,19 +96,21 @@ def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int 
         "repetition_penalty": body.repetition_penalty,
         "stop_token_ids": body.stop_token_ids,
     }
+    fixed = {
+        "n": body.n,
+        "max_tokens": room if max_tokens is None else max_tokens,
+        "min_tokens": body.min_tokens,
+        "seed": body.seed,
+        "stop": body.stop,
+        "ignore_eos": body.ignore_eos,
+        "logprobs": logprobs,
+        "include_stop_str_in_output": body.include_stop_str_in_output,
+        "skip_special_tokens": body.skip_special_tokens,
+    }
+    fixed.update({k: v for k, v in fields.items() if v is not None})
+    fixed.update(overrides or {})
     try:
-        return SamplingParams(
-            n=body.n,
-            max_tokens=room if max_tokens is None else max_tokens,
-            min_tokens=body.min_tokens,
-            seed=body.seed,
-            stop=body.stop,
-            ignore_eos=body.ignore_eos,
-            logprobs=logprobs,
-            include_stop_str_in_output=body.include_stop_str_in_output,
-            skip_special_tokens=body.skip_special_tokens,
-            **{k: v for k, v in fields.items() if v is not None},
-        )
+        return SamplingParams(**fixed)
     except ValueError as exc:
         raise bad_request(str(exc)) from None
 
@@ -123,6 +148,7 @@ class Job:
         self.client = client
         self.metrics = metrics
         self.prompts = prompts
+        self.tags = tags
         self.n = params[0].n
         self._queue: asyncio.Queue = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
@@ -180,11 +206,30 @@ class Job:
             last[index] = out
         return [last[i] for i in sorted(last)]
 
+    def mark_coming_back(self) -> None:
+        """Tells the core the program will call again (this call ended with a tool call)."""
+        if self.tags.program_id is None:
+            return
+        task = asyncio.ensure_future(self.client.mark_coming_back(self.tags.program_id))
+        # NOTE: fire and forget: held here until done (asyncio keeps only weak references);
+        # a dead engine's error is retrieved so it is not logged as unhandled.
+        _BACKGROUND.add(task)
+        task.add_done_callback(_forget)
+
     def close(self) -> None:
         """Cancels every generator still running (aborting its request). Safe to call twice."""
         for task in self._tasks:
             if not task.done():
                 task.cancel()
+
+
+_BACKGROUND: set[asyncio.Future] = set()
+
+
+def _forget(task: asyncio.Future) -> None:
+    _BACKGROUND.discard(task)
+    if not task.cancelled():
+        task.exception()
 
 
 def _as_openai_error(exc: BaseException) -> OpenAIError:

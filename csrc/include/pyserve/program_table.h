@@ -18,6 +18,9 @@ struct ProgramEntry {
   int engine_id = -1;
   bool implicit = true;  // created by a call, not by start_program
   bool ended = false;    // end_program called while calls were active
+  // The last call ended with a tool call: the agent runs the tool and calls again with the same
+  // context (KV retention may keep its blocks). Cleared when the program's next call arrives.
+  bool coming_back = false;
 };
 
 /// program id -> entry. Shared (shared_ptr) by every scheduler behind one router, so a call's
@@ -38,6 +41,11 @@ class ProgramTable {
   ProgramEntry& call_arrived(const std::string& id, double now);
   /// Folds a finished or aborted call's service and wait into its program.
   void call_finished(const std::string& id, double call_service, double call_wait, double now);
+  /// Marks a live program as coming back (its last call ended with a tool call); false for an
+  /// unknown id. The program's next call_arrived clears the mark.
+  bool mark_coming_back(const std::string& id);
+  /// Whether the program is marked as coming back (false for an unknown id).
+  bool coming_back(const std::string& id) const;
   /// Removes idle programs: no active call and no activity for ttl seconds. Returns how many.
   int collect(double now);
   size_t size() const { return entries_.size(); }
