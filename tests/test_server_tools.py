@@ -8,6 +8,7 @@ naming the field with no KV block left in use.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -45,8 +46,13 @@ def scripted():
 
 
 @pytest.fixture(scope="module")
-def real():
-    with ServerThread(build_app(tiny_async_engine(max_model_len=1024))) as srv:
+def engine():
+    return tiny_async_engine(max_model_len=1024)
+
+
+@pytest.fixture(scope="module")
+def real(engine):
+    with ServerThread(build_app(engine)) as srv:
         yield srv, openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
 
 
@@ -187,6 +193,20 @@ def test_model_card_tokenize_detokenize(real):
     r = httpx.post(srv.url + "/v1/completions", json={"model": MODEL, "prompt": "a", "echo": True,
                                                       "logprobs": 1})  # fmt: skip
     assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"
+
+
+def test_async_engine_marks_coming_back(real, engine):
+    srv, client = real
+    client.chat.completions.create(model=MODEL, messages=HISTORY[:1], max_tokens=2,
+                                   extra_body={"session_id": "back-1"})  # fmt: skip
+    wait_server_idle(srv.url, 10)
+    assert asyncio.run(engine.mark_coming_back("back-1"))
+    assert engine.engine.core.programs.coming_back("back-1")
+    assert not asyncio.run(engine.mark_coming_back("never-started"))
+    client.chat.completions.create(model=MODEL, messages=HISTORY[:1], max_tokens=2,
+                                   extra_headers={"X-Session-ID": "back-1"})  # fmt: skip
+    wait_server_idle(srv.url, 10)
+    assert not engine.engine.core.programs.coming_back("back-1")  # the next call cleared it
 
 
 def test_coming_back_reaches_the_core_program_table():
