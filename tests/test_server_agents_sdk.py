@@ -28,7 +28,7 @@ MODEL = "builtin:tiny"
 HAS_STRUCTURED = "structured_output" in {f.name for f in dataclasses.fields(SamplingParams)}
 
 
-def make_agent(url: str, calls: list[str], tool_choice: str | None):
+def make_agent(url: str, calls: list[str], tool_choice: str | None, responses: bool = False):
     agents.set_tracing_disabled(True)
 
     @agents.function_tool
@@ -38,18 +38,22 @@ def make_agent(url: str, calls: list[str], tool_choice: str | None):
         return f"sunny in {city}"
 
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
-    model = agents.OpenAIChatCompletionsModel(model=MODEL, openai_client=client)
-    settings = agents.ModelSettings(tool_choice=tool_choice, max_tokens=64)
+    if responses:
+        model = agents.OpenAIResponsesModel(model=MODEL, openai_client=client)
+    else:
+        model = agents.OpenAIChatCompletionsModel(model=MODEL, openai_client=client)
+    settings = agents.ModelSettings(tool_choice=tool_choice, max_tokens=256)
     return agents.Agent(name="weather", instructions="Use the tool.", tools=[get_weather],
                         model=model, model_settings=settings)  # fmt: skip
 
 
-def test_agent_runs_its_tool():
+@pytest.mark.parametrize("responses", [False, True], ids=["chat", "responses"])
+def test_agent_runs_its_tool(responses):
     call = json.dumps({"name": "get_weather", "arguments": {"city": "Paris"}})
     engine = ScriptedClient([f"<tool_call>\n{call}\n</tool_call>", "It is sunny in Paris."])
     calls: list[str] = []
     with ServerThread(build_app(engine)) as srv:
-        agent = make_agent(srv.url, calls, None)
+        agent = make_agent(srv.url, calls, None, responses)
         result = asyncio.run(agents.Runner.run(agent, "Weather in Paris?", max_turns=3))
     assert calls == ["Paris"]
     assert result.final_output == "It is sunny in Paris."
