@@ -102,6 +102,9 @@ def test_bad_requests(real):
         ({"input": [{"type": "function_call_output", "call_id": "c9", "output": "x"}]},
          "messages.0.tool_call_id"),
         ({"input": []}, "input"),
+        ({"input": "x", "background": True}, "background"),
+        ({"input": "x", "truncation": "auto"}, "truncation"),
+        ({"input": "x", "include": ["reasoning.encrypted_content"]}, "include"),
     ):
         r = httpx.post(srv.url + "/v1/responses", json={"model": MODEL, **body}, timeout=30)
         assert r.status_code == 400, r.text

@@ -140,6 +140,8 @@ BAD = {
         {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]},
         "messages.1.tool_calls.0.function.arguments"),  # fmt: skip
     "session id conflict": ({"program_id": "a", "session_id": "b"}, "session_id"),
+    "legacy functions": ({"functions": [{"name": "f"}]}, "functions"),
+    "legacy function_call": ({"function_call": "auto"}, "function_call"),
 }
 
 

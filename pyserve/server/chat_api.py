@@ -35,6 +35,10 @@ def add_chat_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/chat/completions", response_model=ChatCompletionResponse)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         state.check_model(body.model)
+        for legacy, new in (("functions", "tools"), ("function_call", "tool_choice")):
+            if getattr(body, legacy) is not None:
+                raise bad_request(f"{legacy} is deprecated and not supported; use {new}",
+                                  param=legacy)  # fmt: skip
         if body.top_logprobs is not None and not body.logprobs:
             raise bad_request("top_logprobs requires logprobs to be true", param="top_logprobs")
         plan, overrides = chat_plan(state, body)

@@ -9,7 +9,7 @@ Unknown fields are ignored, as vLLM does.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -124,6 +124,9 @@ class ChatCompletionRequest(SamplingFields, ToolFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    # the deprecated function-calling fields: refused with a 400 pointing to tools / tool_choice
+    functions: list[Any] | None = None
+    function_call: Any = None
 
 
 class PromptTokensDetails(BaseModel):

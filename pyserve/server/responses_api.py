@@ -20,7 +20,12 @@ from pyserve.server.chat_api import render_chat
 from pyserve.server.chat_output import SpecialText, tool_message
 from pyserve.server.errors import OpenAIError, bad_request
 from pyserve.server.protocol import ChatMessage, SamplingFields
-from pyserve.server.responses_protocol import ResponsesRequest, chat_tools, input_messages
+from pyserve.server.responses_protocol import (
+    ResponsesRequest,
+    chat_tools,
+    input_messages,
+    unsupported,
+)
 from pyserve.server.responses_store import ResponseStore
 from pyserve.server.serving import Job
 from pyserve.server.state import ServerState, answer, make_job
@@ -33,8 +38,9 @@ class _Call:
     """One Responses call: its id, history, plan and the program of its chain."""
 
     def __init__(self, state: ServerState, store: ResponseStore, body: ResponsesRequest) -> None:
-        if body.text and body.text.format and body.text.format.type != "text":
-            raise bad_request("only the 'text' output format is supported", param="text.format")
+        field = unsupported(body)
+        if field is not None:
+            raise bad_request(f"{field} is not supported by this server", param=field)
         self.id = f"resp_{uuid.uuid4().hex}"
         self.body = body
         self.created = int(time.time())

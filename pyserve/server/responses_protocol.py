@@ -85,9 +85,26 @@ class ResponsesRequest(BaseModel):
     store: bool = True
     metadata: dict[str, str] | None = None
     text: TextConfig | None = None
+    # refused unless at their no-op value (see unsupported())
+    include: list[str] | None = None
+    background: bool | None = None
+    conversation: Any = None
+    prompt: Any = None
+    top_logprobs: int | None = None
+    truncation: Literal["auto", "disabled"] | None = None
     priority: Finite = 0.0
     program_id: TagId | None = None
     session_id: TagId | None = None
+
+
+def unsupported(body: ResponsesRequest) -> str | None:
+    """The first field this server cannot honour, or None."""
+    if body.text and body.text.format and body.text.format.type != "text":
+        return "text.format"
+    checks = (("include", bool(body.include)), ("background", bool(body.background)),
+              ("conversation", body.conversation is not None), ("prompt", body.prompt is not None),
+              ("top_logprobs", bool(body.top_logprobs)), ("truncation", body.truncation == "auto"))
+    return next((name for name, bad in checks if bad), None)
 
 
 def chat_tools(body: ResponsesRequest) -> tuple[list[ToolDef] | None, Any]:
