@@ -127,3 +127,19 @@ def test_forced_formats_follow_their_schema():
     assert [c.name for c in calls] == ["get_weather", "now"]
     _, names, args, _ = stream(RequiredChoiceParser(), text, 3)
     assert names == {0: "get_weather", 1: "now"} and json.loads(args[0]) == {"city": "Oslo"}
+
+
+def test_special_token_markers_stay_visible():
+    from types import SimpleNamespace
+
+    from pyserve.server.chat_output import SpecialText
+    from pyserve.server.tools import ToolPlan
+
+    hf = SimpleNamespace(all_special_tokens=["<|eot_id|>", "<|python_tag|>"],
+                         added_tokens_decoder={})  # fmt: skip
+    special = SpecialText(SimpleNamespace(hf=hf), ToolPlan(make_parser("llama3_json")))
+    assert special.overrides == {"skip_special_tokens": False}
+    text = special.clean('<|python_tag|>{"name": "now", "parameters": {}}<|eot_id|>')
+    assert final_calls(make_parser("llama3_json"), text)[1][0].name == "now"
+    plain = SpecialText(SimpleNamespace(hf=hf), ToolPlan(make_parser("hermes")))
+    assert plain.overrides == {} and plain.clean("a<|eot_id|>") == "a<|eot_id|>"
