@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pyserve.model.sampler import Sampler, SamplingBatch, apply_filters, apply_penalties
@@ -141,3 +142,22 @@ def test_min_tokens_bans_eos_and_stop_tokens():
     p = SamplingParams(temperature=0.0, min_tokens=2, stop_token_ids=[9])
     out = Sampler()(logits, _batch([p, p], outputs=[[1], [1, 2]], eos=[7]))
     assert out.token_ids.tolist() == [0, 7]  # row 0 below min_tokens: 7 (eos) and 9 banned
+
+
+def test_tiny_temperature_and_penalty_never_give_nan():
+    from pyserve.model.sampler import MIN_TEMPERATURE
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50) * 5
+    params = [SamplingParams(temperature=1e-40, logprobs=5),
+              SamplingParams(repetition_penalty=1e-40, logprobs=5),
+              SamplingParams(repetition_penalty=1e40, temperature=1e-30, logprobs=5),
+              SamplingParams(temperature=0.0, logprobs=5)]  # fmt: skip
+    outs = [[1, 2, 3]] * 4
+    batch = SamplingBatch.from_params(params, outs, [[4, 5]] * 4)
+    assert batch.temperature[0].item() == pytest.approx(MIN_TEMPERATURE)
+    assert batch.temperature[3].item() == 0.0
+    out = Sampler()(logits, batch)
+    assert torch.isfinite(out.logprobs).all() and torch.isfinite(out.topn_logprobs).all()
+    # a 1e-40 temperature samples at the 1e-5 floor: the argmax, like greedy
+    assert out.token_ids[0].item() == logits[0].argmax().item()

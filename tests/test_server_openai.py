@@ -222,7 +222,8 @@ def test_cli_maps_flags_to_engine_options():
     kw = engine_kwargs(args)
     assert kw == {"block_size": 32, "kv_cache_bytes": 1024, "policy": "plas",
                   "enable_prefix_caching": False,
-                  "policy_options": {"starvation_beta": 8.5, "num_queues": 4}}  # fmt: skip
+                  "policy_options": {"starvation_beta": 8.5, "num_queues": 4,
+                                     "max_programs": 1_000_000}}  # fmt: skip
     EngineConfig.from_kwargs(args.model, **kw)  # every mapped flag is a real engine option
     bad = parser.parse_args(["serve", "--policy-option", "starvation_beta"])
     with pytest.raises(ValueError, match="KEY=VALUE"):

@@ -65,6 +65,7 @@ void bind_config(py::module_& m) {
       .def_readwrite("starve_steps", &SchedulerConfig::starve_steps)
       .def_readwrite("starve_quantum", &SchedulerConfig::starve_quantum)
       .def_readwrite("program_ttl_s", &SchedulerConfig::program_ttl_s)
+      .def_readwrite("max_programs", &SchedulerConfig::max_programs)
       .def("validate", &SchedulerConfig::validate);
 }
 
@@ -112,7 +113,7 @@ py::dict request_info(const Scheduler& s, SeqId id) {
   d["cpu_block_ids"] = r.cpu_blocks;
   d["priority_key"] = py::make_tuple(r.key.k0, r.key.k1, r.key.k2, r.key.k3);
   d["queue"] = r.queue;
-  d["program_key"] = r.program_key;
+  d["program_id"] = r.spec.program_id;  // "" for an untagged call (its own one-call program)
   d["total_wait"] = r.total_wait;
   d["snapshot"] = r.snapshot;
   return d;
@@ -197,14 +198,22 @@ py::object program_info(const ProgramTable& t, const std::string& id) {
 }
 
 void bind_programs(py::module_& m) {
+  // NOTE: a subclass of RuntimeError, so callers that only know RuntimeError still see it.
+  py::register_exception<ProgramTableFull>(m, "ProgramTableFull", PyExc_RuntimeError);
   py::class_<ProgramTable, std::shared_ptr<ProgramTable>>(m, "ProgramTable")
-      .def(py::init<double>(), py::arg("ttl_s") = 600.0)
+      .def(py::init<double, size_t>(), py::arg("ttl_s") = 600.0, py::arg("max_programs") = 0)
       .def("start", &ProgramTable::start, py::arg("program_id"), py::arg("now") = 0.0)
       .def("end", &ProgramTable::end, py::arg("program_id"))
       .def("__contains__", &ProgramTable::contains)
       .def("__len__", &ProgramTable::size)
       .def("collect", &ProgramTable::collect, py::arg("now"))
       .def("ids", &ProgramTable::ids)
+      .def_property("max_programs", &ProgramTable::max_programs, &ProgramTable::set_max_programs)
+      .def_property("ttl", &ProgramTable::ttl, &ProgramTable::set_ttl)
+      .def_property_readonly("num_retired", &ProgramTable::num_retired)
+      .def("set_keep_expired", &ProgramTable::set_keep_expired, py::arg("keep"))
+      .def("take_expired", &ProgramTable::take_expired)
+      .def("check", &ProgramTable::check)
       .def("mark_coming_back", &ProgramTable::mark_coming_back, py::arg("program_id"),
            "Marks a live program as coming back (its last call ended with a tool call); returns "
            "False for an unknown id. Its next call clears the mark.")

@@ -32,6 +32,7 @@ void SchedulerConfig::validate() const {
   require(quantum_growth >= 1.0, "quantum_growth must be >= 1");
   require(starve_steps >= 1 && starve_quantum >= 1, "starve_steps and starve_quantum must be >= 1");
   require(program_ttl_s > 0.0, "program_ttl_s must be > 0");
+  require(max_programs >= 0, "max_programs must be >= 0 (0: no cap)");
   bool known = false;
   for (const auto& n : policy_names()) known |= n == policy;
   require(known, "unknown policy '" + policy + "'");

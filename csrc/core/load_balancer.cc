@@ -249,10 +249,9 @@ void sync_program(ProgramTable& local, const std::string& program_id, double ser
   if (program_id.empty()) throw std::invalid_argument("program id must not be empty");
   if (!(service >= 0.0) || !(critical >= 0.0) || !(wait >= 0.0))
     throw std::invalid_argument("sync_program needs service, critical and wait >= 0");
-  // NOTE: call_arrived counts a call; the decrement below undoes it, so the entry's active calls
-  // stay what the replica's own scheduler recorded.
-  ProgramEntry& e = local.call_arrived(program_id, now);
-  --e.active_calls;
+  // NOTE: touch counts no call, so the entry's active calls stay what the replica's own
+  // scheduler recorded.
+  ProgramEntry& e = local.touch(program_id, now);
   e.service = std::max(e.service, service);
   e.critical = std::max(e.critical, critical);
   e.wait = std::max(e.wait, wait);

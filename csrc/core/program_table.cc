@@ -1,63 +1,86 @@
 #include "pyserve/program_table.h"
 
 #include <algorithm>
+#include <iterator>
 #include <stdexcept>
 
 namespace pyserve {
 
+ProgramEntry& ProgramTable::create(const std::string& id, double now) {
+  auto e = std::make_unique<ProgramEntry>();
+  e->id = id;
+  e->last_arrival = e->last_completion = now;
+  ProgramEntry& ref = *e;
+  live_.emplace(id, std::move(e));
+  return ref;
+}
+
+void ProgramTable::set_idle(ProgramEntry& e) {
+  unset_idle(e);
+  e.idle_key = std::max(0.0, e.last_activity());
+  idle_.emplace(e.idle_key, &e);
+}
+
+void ProgramTable::unset_idle(ProgramEntry& e) {
+  if (e.idle_key < 0.0) return;
+  idle_.erase({e.idle_key, &e});
+  e.idle_key = -1.0;
+}
+
+void ProgramTable::erase_live(const std::string& id) {
+  auto it = live_.find(id);
+  unset_idle(*it->second);
+  live_.erase(it);
+}
+
 void ProgramTable::start(const std::string& id, double now) {
   if (id.empty()) throw std::invalid_argument("program id must not be empty");
-  auto [it, inserted] = entries_.try_emplace(id);
-  if (!inserted) throw std::invalid_argument("program '" + id + "' is already started");
-  it->second.id = id;
-  it->second.implicit = false;
-  it->second.last_arrival = it->second.last_completion = now;
+  if (live_.count(id)) throw std::invalid_argument("program '" + id + "' is already started");
+  if (max_programs_ > 0 && live_.size() >= max_programs_)
+    throw ProgramTableFull("the program table is full (" + std::to_string(max_programs_) +
+                           " live programs)");
+  ProgramEntry& e = create(id, now);
+  e.implicit = false;
+  set_idle(e);
 }
 
 void ProgramTable::end(const std::string& id) {
-  auto it = entries_.find(id);
-  if (it == entries_.end()) throw std::invalid_argument("unknown program '" + id + "'");
-  if (it->second.active_calls == 0) {
-    entries_.erase(it);
-  } else {
-    it->second.ended = true;
+  auto it = live_.find(id);
+  if (it == live_.end()) throw std::invalid_argument("unknown program '" + id + "'");
+  if (it->second->active_calls == 0) {
+    erase_live(id);
+    return;
   }
+  it->second->ended = true;
+  retired_[id].push_back(std::move(it->second));
+  live_.erase(it);
 }
 
 const ProgramEntry* ProgramTable::find(const std::string& id) const {
-  auto it = entries_.find(id);
-  return it == entries_.end() ? nullptr : &it->second;
+  auto it = live_.find(id);
+  return it == live_.end() ? nullptr : it->second.get();
 }
 
-ProgramEntry& ProgramTable::call_arrived(const std::string& id, double now) {
-  auto [it, inserted] = entries_.try_emplace(id);
-  ProgramEntry& e = it->second;
-  if (inserted) {
-    e.id = id;
-    e.last_completion = now;
-  }
-  ++e.active_calls;
-  e.coming_back = false;
+ProgramEntry& ProgramTable::touch(const std::string& id, double now) {
+  auto it = live_.find(id);
+  ProgramEntry& e = it == live_.end() ? create(id, now) : *it->second;
   e.last_arrival = std::max(e.last_arrival, now);
+  if (e.active_calls == 0) set_idle(e);  // re-keyed by its new activity
   return e;
 }
 
-void ProgramTable::call_finished(const std::string& id, double call_service, double call_wait,
-                                 double now) {
-  auto it = entries_.find(id);
-  if (it == entries_.end()) return;
-  ProgramEntry& e = it->second;
-  e.service += call_service;
-  e.wait += call_wait;
-  e.active_calls = std::max(0, e.active_calls - 1);
-  e.last_completion = std::max(e.last_completion, now);
-  if (e.active_calls == 0 && e.ended) entries_.erase(it);
+ProgramEntry& ProgramTable::call_arrived(const std::string& id, double now) {
+  ProgramEntry& e = touch(id, now);
+  ++e.active_calls;
+  e.coming_back = false;
+  unset_idle(e);
+  return e;
 }
 
 bool ProgramTable::mark_coming_back(const std::string& id) {
-  auto it = entries_.find(id);
-  if (it == entries_.end()) return false;
-  it->second.coming_back = true;
+  auto it = live_.find(id);
+  if (it == live_.end()) return false;
+  it->second->coming_back = true;
   return true;
 }
 
@@ -66,25 +89,84 @@ bool ProgramTable::coming_back(const std::string& id) const {
   return e != nullptr && e->coming_back;
 }
 
+void ProgramTable::call_finished(ProgramEntry& e, double call_service, double call_wait,
+                                 double now) {
+  e.service += call_service;
+  e.wait += call_wait;
+  e.active_calls = std::max(0, e.active_calls - 1);
+  e.last_completion = std::max(e.last_completion, now);
+  if (e.active_calls > 0) return;
+  if (!e.ended) {
+    set_idle(e);
+    return;
+  }
+  auto it = retired_.find(e.id);
+  if (it == retired_.end()) return;
+  auto& gens = it->second;
+  gens.erase(std::remove_if(gens.begin(), gens.end(), [&](const auto& p) { return p.get() == &e; }),
+             gens.end());
+  if (gens.empty()) retired_.erase(it);
+}
+
+void ProgramTable::call_finished(const std::string& id, double call_service, double call_wait,
+                                 double now) {
+  auto r = retired_.find(id);
+  if (r != retired_.end()) {
+    call_finished(*r->second.front(), call_service, call_wait, now);
+    return;
+  }
+  auto it = live_.find(id);
+  if (it != live_.end()) call_finished(*it->second, call_service, call_wait, now);
+}
+
 int ProgramTable::collect(double now) {
   int n = 0;
-  for (auto it = entries_.begin(); it != entries_.end();) {
-    const ProgramEntry& e = it->second;
-    double last = std::max(e.last_arrival, e.last_completion);
-    if (e.active_calls == 0 && now - last >= ttl_s_) {
-      it = entries_.erase(it);
-      ++n;
-    } else {
-      ++it;
-    }
+  while (!idle_.empty() && now - idle_.begin()->first >= ttl_s_) {
+    std::string id = idle_.begin()->second->id;
+    erase_live(id);
+    if (keep_expired_) expired_.push_back(std::move(id));
+    ++n;
   }
+  return n;
+}
+
+size_t ProgramTable::num_retired() const {
+  size_t n = 0;
+  for (const auto& [id, gens] : retired_) n += gens.size();
   return n;
 }
 
 std::vector<std::string> ProgramTable::ids() const {
   std::vector<std::string> out;
-  for (const auto& [id, e] : entries_) out.push_back(id);
+  out.reserve(live_.size());
+  for (const auto& [id, e] : live_) out.push_back(id);
   return out;
+}
+
+std::vector<std::string> ProgramTable::take_expired() {
+  std::vector<std::string> out;
+  out.swap(expired_);
+  return out;
+}
+
+void ProgramTable::check() const {
+  size_t idle = 0;
+  for (const auto& [id, e] : live_) {
+    if (e->id != id || e->ended) throw std::logic_error("program '" + id + "': bad live entry");
+    bool indexed = e->idle_key >= 0.0;
+    if (indexed != (e->active_calls == 0))
+      throw std::logic_error("program '" + id + "': idle index disagrees with its active calls");
+    if (indexed && !idle_.count({e->idle_key, e.get()}))
+      throw std::logic_error("program '" + id + "': missing from the idle index");
+    idle += indexed;
+  }
+  if (idle != idle_.size()) throw std::logic_error("idle index holds entries not in the table");
+  for (const auto& [id, gens] : retired_) {
+    for (const auto& e : gens) {
+      if (!e->ended || e->active_calls <= 0)
+        throw std::logic_error("program '" + id + "': retired entry without running calls");
+    }
+  }
 }
 
 }  // namespace pyserve

@@ -11,7 +11,9 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, std::vector<TokenId> eos_token_
                      std::shared_ptr<ProgramTable> programs)
     : cfg_((cfg.validate(), cfg)),
       eos_(std::move(eos_token_ids)),
-      programs_(programs ? std::move(programs) : std::make_shared<ProgramTable>(cfg.program_ttl_s)),
+      programs_(programs
+                    ? std::move(programs)
+                    : std::make_shared<ProgramTable>(cfg.program_ttl_s, size_t(cfg.max_programs))),
       policy_(make_policy(cfg)),
       gpu_(cfg.num_gpu_blocks, cfg.block_size, cfg.prefix_hash_mask),
       cpu_(cfg.num_cpu_blocks) {}
@@ -47,10 +49,14 @@ SeqId Scheduler::add_request(RequestSpec spec) {
   slots_[id] = std::move(r);
   Request& q = *slots_[id];
   ids_.emplace(q.spec.request_id, id);
-  // An untagged call is its own one-call program (dropped from the table when it finishes).
-  q.program_key = q.spec.program_id.empty() ? std::string("\001") + "call:" + q.spec.request_id
-                                            : q.spec.program_id;
-  q.program = &programs_->call_arrived(q.program_key, now_);
+  // An untagged call is its own one-call program, kept in the request and never in the table.
+  if (q.spec.program_id.empty()) {
+    q.solo_program.last_arrival = q.solo_program.last_completion = now_;
+    q.solo_program.active_calls = 1;
+    q.program = &q.solo_program;
+  } else {
+    q.program = &programs_->call_arrived(q.spec.program_id, now_);
+  }
   policy_->on_arrival(q, now_);
   enqueue(waiting_, q);
   return id;

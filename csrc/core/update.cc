@@ -56,9 +56,8 @@ void Scheduler::finish(Request& r, FinishReason reason) {
   r.finish = reason;
   policy_->on_finish(r, now_);
   // Aborts fold in too, or program entries would leak service and active-call counts.
-  programs_->call_finished(r.program_key, r.service, r.total_wait, now_);
-  if (r.spec.program_id.empty() && programs_->contains(r.program_key))
-    programs_->end(r.program_key);
+  if (!r.spec.program_id.empty())
+    programs_->call_finished(*r.program, r.service, r.total_wait, now_);
   r.program = nullptr;
   ids_.erase(r.spec.request_id);
   pending_release_.push_back(r.id);

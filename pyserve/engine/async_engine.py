@@ -26,7 +26,7 @@ log = logging.getLogger("pyserve.async_engine")
 
 # Upper bounds (s) of the scheduler-step histogram reported by stats().
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_PROGRAM_SYNC_S = 1.0  # how often the program-id mirror is reconciled with the core (TTL GC)
+_PROGRAM_SYNC_S = 1.0  # how often idle programs are collected (TTL) while the loop is idle
 
 
 @dataclass
@@ -71,7 +71,10 @@ class AsyncEngine:
         self._cv = threading.Condition()
         self._inbox: list[_Command] = []
         self._streams: dict[str, _Stream] = {}  # NOTE: loop thread only
-        self._programs: frozenset[str] = frozenset()  # mirror, replaced atomically
+        # NOTE: mirror of the core's live program ids, mutated by the loop thread only (set add,
+        # discard and `in` are atomic under the GIL); TTL expiries arrive via take_expired().
+        self._programs: set[str] = set()
+        engine.core.programs.set_keep_expired(True)
         self._accepting = True
         self._stop = False
         self._drain = True
@@ -146,7 +149,7 @@ class AsyncEngine:
 
         def start() -> str:
             pid = self.engine.start_program(program_id)
-            self._programs = self._programs | {pid}  # visible before the caller resumes
+            self._programs.add(pid)  # visible before the caller resumes
             return pid
 
         return await self._call(start)
@@ -156,7 +159,7 @@ class AsyncEngine:
 
         def end() -> None:
             self.engine.end_program(program_id)
-            self._programs = self._programs - {program_id}
+            self._programs.discard(program_id)
 
         await self._call(end)
 
@@ -205,11 +208,13 @@ class AsyncEngine:
     # -- the loop thread -----------------------------------------------------------------------
     def _run(self) -> None:
         last_sync = 0.0
+        programs = self.engine.core.programs
         try:
             while True:
                 with self._cv:
-                    while not self._inbox and not self._stop and not self.engine.has_unfinished():
-                        self._cv.wait()  # NOTE: idle: sleep until a command arrives
+                    if not self._inbox and not self._stop and not self.engine.has_unfinished():
+                        # NOTE: idle: sleep until a command arrives or the next TTL collection.
+                        self._cv.wait(_PROGRAM_SYNC_S)
                     cmds, self._inbox = self._inbox, []
                     stop, drain = self._stop, self._drain
                 for cmd in cmds:
@@ -219,11 +224,11 @@ class AsyncEngine:
                 if self.engine.has_unfinished():
                     self._step()
                 now = time.monotonic()
-                if cmds or now - last_sync > _PROGRAM_SYNC_S:
-                    # NOTE: untagged calls get implicit programs keyed "\x01call:<id>"; skip them.
-                    ids = self.engine.core.programs.ids()
-                    self._programs = frozenset(p for p in ids if not p.startswith("\x01"))
+                if now - last_sync > _PROGRAM_SYNC_S:  # steps collect too; this covers idle time
+                    programs.collect(self.engine.now())
                     last_sync = now
+                for pid in programs.take_expired():
+                    self._programs.discard(pid)
                 self._stats = self._collect_stats()
                 if stop and not self.engine.has_unfinished():
                     with self._cv:

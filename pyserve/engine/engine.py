@@ -142,6 +142,7 @@ class Engine:
     def start_program(self, program_id: str | None = None) -> str:
         """Registers a program (session) and returns its id."""
         pid = program_id or f"prog-{uuid.uuid4().hex[:16]}"
+        self.core.advance_clock(self.now())  # NOTE: the TTL counts from now, not the last step
         self.core.start_program(pid)
         return pid
 

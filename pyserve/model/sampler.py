@@ -72,12 +72,16 @@ class SamplingBatch:
             _min_tokens_ban(p, len(out), eos_token_ids)
             for p, out in zip(params, output_ids, strict=True)
         ]
+        temperature = col("temperature")
+        temperature = torch.where(temperature > 0, temperature.clamp(min=MIN_TEMPERATURE), 0.0)
         return cls(
-            temperature=col("temperature"),
+            temperature=temperature,
             top_p=col("top_p"),
             top_k=col("top_k", torch.int64),
             min_p=col("min_p"),
-            repetition_penalty=col("repetition_penalty"),
+            repetition_penalty=col("repetition_penalty").clamp(
+                MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY
+            ),
             presence_penalty=col("presence_penalty"),
             frequency_penalty=col("frequency_penalty"),
             output_token_ids=pad_token_ids(output_ids, dev) if any_penalty else None,
@@ -93,6 +97,15 @@ class SamplingBatch:
             any_filter=any(p.top_k > 0 or p.top_p < 1.0 or p.min_p > 0.0 for p in params),
             any_penalty=any_penalty,
         )
+
+
+# NOTE: safe floors (and a ceiling) that keep every logit finite in float32: a temperature of
+# 1e-40 or a repetition penalty of 1e-40 would otherwise turn logits into inf and the softmax
+# into NaN. Temperatures in (0, MIN_TEMPERATURE) sample as MIN_TEMPERATURE (practically greedy);
+# repetition penalties are clamped to [MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY].
+MIN_TEMPERATURE = 1e-5
+MIN_REPETITION_PENALTY = 1e-3
+MAX_REPETITION_PENALTY = 1e3
 
 
 def _min_tokens_ban(p: SamplingParams, num_out: int, eos: Sequence[int]) -> tuple[int, ...]:

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -14,12 +13,19 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from pyserve._core import ProgramTableFull
 from pyserve.engine.client import EngineClient
 from pyserve.server.chat_api import add_chat_routes
 from pyserve.server.errors import OpenAIError, bad_request, install_error_handlers
 from pyserve.server.messages_api import add_messages_routes
 from pyserve.server.metrics import CONTENT_TYPE
-from pyserve.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from pyserve.server.middleware import (
+    DOCS_PATHS,
+    AccountingMiddleware,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+)
+from pyserve.server.program_ids import check_program_id
 from pyserve.server.protocol import (
     CompletionRequest,
     CompletionResponse,
@@ -31,18 +37,18 @@ from pyserve.server.protocol import (
     ProgramDeleted,
     ProgramResponse,
 )
-from pyserve.server.responses import completion_chunk, completion_response
+from pyserve.server.responses import completion_chunk, completion_json, json_response
 from pyserve.server.responses_api import add_responses_routes
-from pyserve.server.state import ServerState, answer, make_job
+from pyserve.server.state import SHUTDOWN_DRAIN_S, ServerState, answer, make_job
 from pyserve.server.tokenize_api import add_tokenize_routes
 
 log = logging.getLogger("pyserve.server")
 
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20
+DEFAULT_BODY_TIMEOUT_S = 60.0
 API_KEY_ENV = "PYSERVE_API_KEY"
-SHUTDOWN_DRAIN_S = 30.0
-MAX_TOKEN_ID = 2**31  # int32; the engine checks the model's real vocabulary
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 500, 503)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 409, 413, 429, 500,
+                                                       503)}  # fmt: skip
 
 
 def build_app(
@@ -53,24 +59,34 @@ def build_app(
     served_model_name: str | None = None,
     shutdown_client: bool = True,
     tool_call_parser: str | None = None,
+    shutdown_timeout_s: float = SHUTDOWN_DRAIN_S,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
 ) -> FastAPI:
     """The OpenAI-compatible app over ``client``.
 
-    ``api_key`` (or env ``PYSERVE_API_KEY``) protects ``/v1/*`` with a Bearer token; bodies over
-    ``max_request_bytes`` get 413. With ``shutdown_client`` the app drains and shuts the client
-    down when the server stops. ``tool_call_parser`` names the tool-call format (``hermes``,
-    ``llama3_json``, ``mistral``); by default it is read from the model's chat template.
+    ``api_key`` (or env ``PYSERVE_API_KEY``) protects ``/v1/*`` and the API docs (``/docs``,
+    ``/redoc``, ``/openapi.json``) with a Bearer token; an empty key is a ValueError. Bodies over
+    ``max_request_bytes`` get 413, bodies not received within ``body_timeout_s`` get 408. With
+    ``shutdown_client`` the app drains the client for at most ``shutdown_timeout_s`` when the
+    server stops, then aborts what is left (its KV is freed) and shuts it down.
+    ``tool_call_parser`` names the tool-call format (``hermes``, ``llama3_json``, ``mistral``);
+    by default it is read from the model's chat template.
     """
-    state = ServerState(client, served_model_name or client.model_name, tool_call_parser)
+    if api_key is None:
+        api_key = os.environ.get(API_KEY_ENV)
+    if api_key is not None and not api_key.strip():
+        raise ValueError("the API key must not be empty (omit it to serve without auth)")
+    if not shutdown_timeout_s >= 0:
+        raise ValueError(f"shutdown_timeout_s must be >= 0, got {shutdown_timeout_s}")
+    state = ServerState(client, served_model_name or client.model_name, tool_call_parser,
+                        shutdown_timeout_s)  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
+        state.bind_loop()
         yield
         if shutdown_client:
-            try:
-                await asyncio.wait_for(client.shutdown(drain=True), SHUTDOWN_DRAIN_S)
-            except asyncio.TimeoutError:
-                await client.shutdown(drain=False)
+            await state.shutdown_client()
 
     app = FastAPI(title="pyserve", version="0.1.0", lifespan=lifespan, responses=_ERRORS)
     app.state.pyserve = state
@@ -82,10 +98,11 @@ def build_app(
     add_tokenize_routes(app, state)
     add_messages_routes(app, state)
     add_responses_routes(app, state)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes)
-    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-    if key:
-        app.add_middleware(ApiKeyMiddleware, api_key=key)  # outermost: checked before the body
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes, timeout_s=body_timeout_s)
+    if api_key:
+        # checked before the body is read
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key, extra_paths=DOCS_PATHS)
+    app.add_middleware(AccountingMiddleware, metrics=state.metrics)  # outermost: sees every answer
     return app
 
 
@@ -123,11 +140,16 @@ def _add_program_routes(app: FastAPI, state: ServerState) -> None:
             pid = await state.client.start_program(body.program_id if body else None)
         except ValueError as exc:
             raise OpenAIError(409, str(exc), param="program_id", code="program_exists") from None
+        except ProgramTableFull as exc:
+            raise OpenAIError(429, f"{exc}: end programs (DELETE /v1/programs/ID) or retry "
+                              "later", code="too_many_programs") from None  # fmt: skip
         state.note_program_start(pid)
         return ProgramResponse(id=pid)
 
-    @app.delete("/v1/programs/{program_id}", response_model=ProgramDeleted)
+    # NOTE: ":path" so that ids with "/" (valid ids) reach the route.
+    @app.delete("/v1/programs/{program_id:path}", response_model=ProgramDeleted)
     async def end_program(program_id: str):
+        check_program_id(program_id)
         try:
             await state.client.end_program(program_id)
         except ValueError as exc:
@@ -147,7 +169,7 @@ def _add_generation_routes(app: FastAPI, state: ServerState) -> None:
         if body.echo and body.logprobs is not None:
             raise bad_request("echo with logprobs needs prompt logprobs, which this engine does "
                               "not compute; send echo or logprobs, not both", param="logprobs")
-        prompts = _completion_prompts(state, body.prompt)
+        prompts = await state.prompts.completion_prompts(body.prompt)
         # NOTE: echo text is decoded lazily, once the engine has validated the prompt ids.
         echo = _EchoText(state.client.tokenizer, prompts) if body.echo else None
         job = await make_job(state, body, request, "cmpl", prompts, body.max_tokens, body.logprobs)
@@ -158,7 +180,8 @@ def _add_generation_routes(app: FastAPI, state: ServerState) -> None:
 
         async def full():
             outs = await job.collect()
-            return completion_response(job, body.model, outs, echo, state.token_text)
+            return await json_response(completion_json, job, body.model, outs, echo,
+                                       state.token_text)  # fmt: skip
 
         return await answer(state, job, request, body, full, chunk, "text_completion")
 
@@ -175,19 +198,3 @@ class _EchoText:
         if i not in self._text:
             self._text[i] = self.tokenizer.decode(self.prompts[i])
         return self._text[i]
-
-
-def _completion_prompts(state: ServerState, prompt) -> list[list[int]]:
-    if isinstance(prompt, str):
-        prompt = [prompt]
-    elif prompt and isinstance(prompt[0], int):
-        prompt = [prompt]
-    out = []
-    for p in prompt:
-        ids = state.client.tokenizer.encode(p) if isinstance(p, str) else list(p)
-        if not ids:
-            raise bad_request("prompt is empty", param="prompt")
-        if not isinstance(p, str) and not all(0 <= t < MAX_TOKEN_ID for t in ids):
-            raise bad_request(f"prompt token ids must be in [0, {MAX_TOKEN_ID})", param="prompt")
-        out.append(ids)
-    return out

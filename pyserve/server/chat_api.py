@@ -3,19 +3,27 @@ the answer (plain text, or tool calls parsed by the model's format)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import FastAPI, Request
 
 from pyserve.server.chat_output import SpecialText, ToolChunks, tool_chat_response
 from pyserve.server.errors import bad_request
 from pyserve.server.protocol import ChatCompletionRequest, ChatCompletionResponse
-from pyserve.server.responses import chat_chunk, chat_response
+from pyserve.server.responses import chat_chunk, chat_json, json_response
 from pyserve.server.state import ServerState, answer, make_job
 from pyserve.server.tool_choice import structured_for_tool_choice
 from pyserve.server.tools import ToolPlan, template_messages, template_tools, tool_plan
 
 
 def render_chat(state: ServerState, messages: list[dict], tools: list[dict] | None) -> list[int]:
-    """Prompt ids of a chat (and its tools) through the model's chat template; 400 if it fails."""
+    """Prompt ids of a chat (and its tools) through the model's chat template; 400 if it fails.
+
+    NOTE: bounded first: a text that cannot fit the context is refused untokenized. Routes run
+    it in a worker thread (``asyncio.to_thread``), off the event loop.
+    """
+    chars = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
+    state.prompts.check_text_length(chars, "messages")
     try:
         return state.client.tokenizer.apply_chat_template(messages, tools=tools)
     except ValueError as exc:
@@ -42,7 +50,8 @@ def add_chat_routes(app: FastAPI, state: ServerState) -> None:
         if body.top_logprobs is not None and not body.logprobs:
             raise bad_request("top_logprobs requires logprobs to be true", param="top_logprobs")
         plan, overrides = chat_plan(state, body)
-        ids = render_chat(state, template_messages(body.messages), template_tools(body.tools))
+        ids = await asyncio.to_thread(render_chat, state, template_messages(body.messages),
+                                      template_tools(body.tools))  # fmt: skip
         special = SpecialText(state.client.tokenizer, plan)
         overrides.update(special.overrides)
         max_tokens = body.max_completion_tokens or body.max_tokens
@@ -54,7 +63,8 @@ def add_chat_routes(app: FastAPI, state: ServerState) -> None:
                 return chat_chunk(job, body.model, 0, index, out, text, first)
 
             async def full():
-                return chat_response(job, body.model, await job.collect(), text)
+                outs = await job.collect()
+                return await json_response(chat_json, job, body.model, outs, text)
         else:
             chunk = ToolChunks(job, body.model, text, plan, special)
 

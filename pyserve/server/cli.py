@@ -11,10 +11,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pyserve.server.app import API_KEY_ENV, DEFAULT_MAX_REQUEST_BYTES
+from pyserve.server.app import API_KEY_ENV, DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_REQUEST_BYTES
+from pyserve.server.connections import ConnectionLimits
 from pyserve.server.tool_parsers import PARSERS
 
-KEEP_ALIVE_S = 30  # idle keep-alive connections: longer than uvicorn's 5 s for agent loops
+_LIMITS = ConnectionLimits()
+DEFAULT_MAX_PROGRAMS = 1_000_000
 
 # CLI flag -> EngineConfig.from_kwargs keyword (only the ones given are passed on).
 ENGINE_OPTIONS = {
@@ -51,6 +53,19 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tool-call-parser", default=None, choices=sorted(PARSERS),
                    help="tool-call format of the model's answers (default: read from the chat "
                    "template)")  # fmt: skip
+    p.add_argument("--shutdown-timeout", type=float, default=_LIMITS.shutdown_timeout_s,
+                   help="on SIGTERM, drain requests for at most this many seconds, then abort "
+                   "the rest (a second SIGTERM exits at once; default %(default)s)")  # fmt: skip
+    p.add_argument("--timeout-header", type=float, default=_LIMITS.header_timeout_s,
+                   help="close connections whose request headers take longer (s)")  # fmt: skip
+    p.add_argument("--timeout-body", type=float, default=DEFAULT_BODY_TIMEOUT_S,
+                   help="answer 408 to request bodies that take longer (s)")  # fmt: skip
+    p.add_argument("--timeout-keep-alive", type=float, default=_LIMITS.keep_alive_s,
+                   help="close idle keep-alive connections after this many seconds")  # fmt: skip
+    p.add_argument("--max-connections", type=int, default=_LIMITS.max_connections,
+                   help="concurrent connections or requests beyond this get 503")  # fmt: skip
+    p.add_argument("--max-programs", type=int, default=DEFAULT_MAX_PROGRAMS,
+                   help="live programs; POST /v1/programs beyond this gets 429 (0: no cap)")  # fmt: skip
     p.add_argument("--no-prefix-caching", action="store_true", help="disable the prefix cache")
     p.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
                    help="scheduler policy knob, e.g. starvation_beta=8 (repeatable)")  # fmt: skip
@@ -72,8 +87,11 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     kw["policy"] = args.policy
     if args.no_prefix_caching:
         kw["enable_prefix_caching"] = False
-    if args.policy_option:
-        kw["policy_options"] = dict(_policy_option(o) for o in args.policy_option)
+    options = dict(_policy_option(o) for o in args.policy_option)
+    if getattr(args, "max_programs", None) is not None:
+        options.setdefault("max_programs", args.max_programs)
+    if options:
+        kw["policy_options"] = options
     return kw
 
 
@@ -93,12 +111,11 @@ def _policy_option(text: str) -> tuple[str, int | float]:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Loads the model, starts the async engine and serves until interrupted."""
-    import uvicorn
-
     from pyserve.config import EngineConfig
     from pyserve.dist.cli import build_cluster, wants_cluster
     from pyserve.engine.async_engine import AsyncEngine
     from pyserve.server.app import build_app
+    from pyserve.server.runner import make_server
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if args.cpu_threads is not None:
@@ -108,21 +125,32 @@ def run_serve(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.cpu_threads)
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    if api_key is not None and not api_key.strip():
+        print("pyserve serve: error: --api-key (or $PYSERVE_API_KEY) is empty; omit it to serve "
+              "without auth", file=sys.stderr)  # fmt: skip
+        return 2
     try:
+        limits = ConnectionLimits(header_timeout_s=args.timeout_header,
+                                  keep_alive_s=args.timeout_keep_alive,
+                                  max_connections=args.max_connections,
+                                  shutdown_timeout_s=args.shutdown_timeout)  # fmt: skip
+        if not args.timeout_body > 0:
+            raise ValueError(f"--timeout-body must be > 0, got {args.timeout_body}")
         config = EngineConfig.from_kwargs(args.model, **engine_kwargs(args))
         if wants_cluster(args):
             client = build_cluster(args, config, model_name=args.served_model_name)
         else:
             client = AsyncEngine.from_config(config)
-        app = build_app(client, api_key=args.api_key or os.environ.get(API_KEY_ENV),
-                        max_request_bytes=args.max_request_bytes,
+        app = build_app(client, api_key=api_key, max_request_bytes=args.max_request_bytes,
                         served_model_name=args.served_model_name,
-                        tool_call_parser=args.tool_call_parser)  # fmt: skip
+                        tool_call_parser=args.tool_call_parser,
+                        shutdown_timeout_s=args.shutdown_timeout,
+                        body_timeout_s=args.timeout_body)  # fmt: skip
     except ValueError as exc:
         print(f"pyserve serve: error: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_keep_alive=KEEP_ALIVE_S, backlog=2048)  # fmt: skip
+    make_server(app, limits, host=args.host, port=args.port, log_level=args.log_level).run()
     return 0
 
 

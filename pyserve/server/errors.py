@@ -78,8 +78,10 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "invalid request", None
-    first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _is_type_tag(p)]
+    # NOTE: in a union every member reports; the deepest location is the most specific problem
+    # (a bad part inside a content list, not "content is not a string").
+    first = max(errors, key=lambda e: len(_loc(e)))
+    loc = _loc(first)
     param = ".".join(loc) or None
     kind = first.get("type", "")
     if kind == "json_invalid":
@@ -88,6 +90,10 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     where = f"'{param}'" if param else "request body"
     extra = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
     return f"{where}: {msg}{extra}", param
+
+
+def _loc(error: dict) -> list[str]:
+    return [str(p) for p in error.get("loc", ()) if p != "body" and not _is_type_tag(p)]
 
 
 def _is_type_tag(part: object) -> bool:

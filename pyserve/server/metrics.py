@@ -101,6 +101,21 @@ class ServerMetrics:
                                        [*lbl, "finished_reason"], registry=reg)  # fmt: skip
         self.request_errors = Counter("pyserve:request_errors", "Requests answered with an error.",
                                       [*lbl, "status"], registry=reg)  # fmt: skip
+        self.http_started = Counter("pyserve:http_requests_started",
+                                    "HTTP requests received (every path).", lbl,
+                                    registry=reg)  # fmt: skip
+        self.http_ended = Counter("pyserve:http_requests_ended",
+                                  "HTTP requests ended, by outcome: completed, aborted (client "
+                                  "left or engine abort) or rejected (an error answer).",
+                                  [*lbl, "outcome"], registry=reg)  # fmt: skip
+        self.timeouts = Counter("pyserve:http_timeouts",
+                                "Connections or requests closed for a timeout, by phase (header: "
+                                "request headers too slow; body: request body too slow).",
+                                [*lbl, "phase"], registry=reg)  # fmt: skip
+        for outcome in ("completed", "aborted", "rejected"):
+            self.http_ended.labels(model_name, outcome)
+        for phase in ("header", "body"):
+            self.timeouts.labels(model_name, phase)
         self.ttft = hist("time_to_first_token_seconds", "Time to first token.")
         self.itl = hist("inter_token_latency_seconds", "Time between consecutive output tokens.")
         self.e2e = hist("e2e_request_latency_seconds", "Arrival to last token.")
@@ -129,6 +144,18 @@ class ServerMetrics:
 
     def observe_error(self, status: int) -> None:
         self.request_errors.labels(self.model_name, str(status)).inc()
+
+    def request_started(self) -> None:
+        """An HTTP request arrived (paired with exactly one request_ended)."""
+        self.http_started.labels(self.model_name).inc()
+
+    def request_ended(self, outcome: str) -> None:
+        """An HTTP request ended: ``outcome`` is completed, aborted or rejected."""
+        self.http_ended.labels(self.model_name, outcome).inc()
+
+    def observe_timeout(self, phase: str) -> None:
+        """A request (body) or connection (header) was closed for being too slow."""
+        self.timeouts.labels(self.model_name, phase).inc()
 
     def observe_program(self, seconds: float) -> None:
         self.program.labels(self.model_name).observe(seconds)

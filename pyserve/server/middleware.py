@@ -1,4 +1,4 @@
-"""Pure ASGI middlewares: request-body size limit and Bearer API key.
+"""Pure ASGI middlewares: request accounting, request-body size and time limits, Bearer API key.
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so that ``receive`` still reports client disconnects to
 the endpoints and streaming responses are not buffered.
@@ -6,11 +6,64 @@ the endpoints and streaming responses are not buffered.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pyserve.server.errors import error_bytes
+from pyserve.server.metrics import ServerMetrics
+
+DOCS_PATHS = ("/docs", "/redoc", "/openapi.json")
+_OUTCOME = "pyserve_outcome"  # key in scope["state"]: "aborted" or "rejected" set by a route
+
+
+def set_outcome(scope: Scope, outcome: str) -> None:
+    """Marks the request's outcome for the accounting middleware (a 200 stream may still end
+    aborted, e.g. at shutdown, or rejected, with an in-band error event)."""
+    scope.setdefault("state", {})[_OUTCOME] = outcome
+
+
+class AccountingMiddleware:
+    """Counts every HTTP request as started, then exactly one of completed, aborted or rejected.
+
+    rejected: answered with a status >= 400 (other than 499) or marked so by the route;
+    aborted: the client left (499, or the response never finished) or the engine aborted it;
+    completed: everything else. So started = completed + aborted + rejected at any quiet moment.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.metrics.request_started()
+        status = 0
+        finished = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal status, finished
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        finally:
+            marked = scope.get("state", {}).get(_OUTCOME)
+            if status == 499 or not finished:
+                outcome = "aborted"
+            elif status >= 400:
+                outcome = "rejected"
+            else:
+                outcome = marked or "completed"
+            self.metrics.request_ended(outcome)
 
 
 async def send_error(send: Send, status: int, message: str, code: str | None = None,
@@ -25,15 +78,21 @@ async def send_error(send: Send, status: int, message: str, code: str | None = N
 class BodyLimitMiddleware:
     """Rejects request bodies over ``max_bytes`` with 413, whether announced or streamed.
 
+    A body that has not fully arrived ``timeout_s`` after the request started gets 408 and the
+    connection is closed (slow or stalled uploads hold no worker for longer).
+
     NOTE: the body is read here in full (it is at most ``max_bytes``) and replayed to the app;
     later ``receive()`` calls go to the server, so disconnects still reach the endpoints.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 60.0) -> None:
         if max_bytes < 1:
             raise ValueError(f"max_request_bytes must be >= 1, got {max_bytes}")
+        if not timeout_s > 0:
+            raise ValueError(f"body timeout must be > 0, got {timeout_s}")
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,8 +105,16 @@ class BodyLimitMiddleware:
             return
         chunks: list[bytes] = []
         size = 0
+        deadline = time.monotonic() + self.timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                _timed_out(scope, "body")
+                await send_error(send, 408, f"the request body did not arrive within "
+                                 f"{self.timeout_s:g} s", "request_timeout",
+                                 [(b"connection", b"close")])  # fmt: skip
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -59,6 +126,13 @@ class BodyLimitMiddleware:
             if not message.get("more_body", False):
                 break
         await self.app(scope, _replay(b"".join(chunks), receive), send)
+
+
+def _timed_out(scope: Scope, phase: str) -> None:
+    app = scope.get("app")
+    state = getattr(getattr(app, "state", None), "pyserve", None)
+    if state is not None:
+        state.metrics.observe_timeout(phase)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -85,17 +159,25 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 class ApiKeyMiddleware:
-    """Requires ``Authorization: Bearer <key>`` on ``/v1/*`` (health and metrics stay open)."""
+    """Requires ``Authorization: Bearer <key>`` on ``/v1/*`` and ``extra_paths`` (the API docs);
+    health and metrics stay open."""
 
-    def __init__(self, app: ASGIApp, api_key: str, prefix: str = "/v1") -> None:
-        if not api_key:
+    def __init__(self, app: ASGIApp, api_key: str, prefix: str = "/v1",
+                 extra_paths: tuple[str, ...] = ()) -> None:  # fmt: skip
+        if not api_key or not api_key.strip():
             raise ValueError("api_key must be a non-empty string")
         self.app = app
         self._key = api_key.encode()
         self.prefix = prefix
+        self.extra_paths = extra_paths
+
+    def _protected(self, path: str) -> bool:
+        return path.startswith(self.prefix) or any(
+            path == p or path.startswith(p + "/") for p in self.extra_paths
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+        if scope["type"] != "http" or not self._protected(scope["path"]):
             await self.app(scope, receive, send)
             return
         auth = dict(scope.get("headers", ())).get(b"authorization", b"")

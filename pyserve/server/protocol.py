@@ -4,6 +4,10 @@ Fields beyond OpenAI's (vLLM-style sampling extensions and the program tags ``pr
 ``thread_id``, ``parent_ids``, ``priority``; ``session_id`` is an alias of ``program_id``) are
 sent by the openai client as ``extra_body``.
 Unknown fields are ignored, as vLLM does.
+
+NOTE: every list has a length cap, so a hostile body fails at its first bad list instead of
+making pydantic build an error object per element; every text must be encodable as UTF-8 (a
+lone surrogate is a 400 naming the field, not a tokenizer crash).
 """
 
 from __future__ import annotations
@@ -11,20 +15,44 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from pyserve.sampling_params import MAX_LOGPROBS
+from pyserve.server.program_ids import MAX_PROGRAM_ID_LEN, PROGRAM_ID_CHARS, is_valid_program_id
 from pyserve.server.tools import ToolCallItem, ToolFields
 
 MAX_N = 16  # choices per request
 MAX_STOP = 16  # stop strings per request
 MAX_PROMPTS = 64  # prompts in one completions request
-MAX_ID_LEN = 256  # program / thread / parent ids
+MAX_ID_LEN = MAX_PROGRAM_ID_LEN  # program / thread / parent ids
+MAX_MESSAGES = 4096  # chat messages per request
+MAX_CONTENT_PARTS = 1024  # content parts per chat message
+MAX_PROMPT_TOKEN_IDS = 1 << 18  # token ids in one prompt given as ids
 MAX_SEED = 2**63 - 1
 MAX_INT32 = 2**31 - 1  # token ids and top_k travel as int32 into the core and the sampler
 
+
+def _utf8(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text is not valid Unicode ({exc.reason} at position {exc.start}); "
+                         "lone surrogates cannot be tokenized") from None  # fmt: skip
+    return value
+
+
+def _program_id(value: str) -> str:
+    if not is_valid_program_id(value):
+        raise ValueError(f"a program id is 1 to {MAX_PROGRAM_ID_LEN} characters from "
+                         f"{PROGRAM_ID_CHARS}")  # fmt: skip
+    return value
+
+
 Finite = Annotated[float, Field(allow_inf_nan=False)]
-TagId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN)]
+Text = Annotated[str, AfterValidator(_utf8)]
+TagId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN), AfterValidator(_utf8)]
+ProgramId = Annotated[str, AfterValidator(_program_id)]
+TokenIds = Annotated[list[int], Field(min_length=1, max_length=MAX_PROMPT_TOKEN_IDS)]
 
 
 class ErrorInfo(BaseModel):
@@ -54,7 +82,7 @@ class SamplingFields(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(max_length=1024)
+    model: Text = Field(max_length=1024)
     n: int = Field(1, ge=1, le=MAX_N)
     temperature: Finite | None = Field(None, ge=0.0)
     top_p: Finite | None = Field(None, gt=0.0, le=1.0)
@@ -64,7 +92,7 @@ class SamplingFields(BaseModel):
     frequency_penalty: Finite | None = Field(None, ge=-2.0, le=2.0)
     repetition_penalty: Finite | None = Field(None, gt=0.0)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
+    stop: Text | Annotated[list[Text], Field(max_length=MAX_STOP)] | None = None
     stop_token_ids: list[Annotated[int, Field(ge=0, le=MAX_INT32)]] | None = Field(
         None, max_length=MAX_STOP
     )
@@ -74,10 +102,10 @@ class SamplingFields(BaseModel):
     skip_special_tokens: bool = True
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: Text | None = None
     priority: Finite = 0.0
-    program_id: TagId | None = None
-    session_id: TagId | None = None
+    program_id: ProgramId | None = None
+    session_id: ProgramId | None = None
     thread_id: TagId | None = None
     parent_ids: list[TagId] = Field(default_factory=list, max_length=1024)
 
@@ -86,11 +114,10 @@ class CompletionRequest(SamplingFields):
     """POST /v1/completions."""
 
     prompt: (
-        str
-        | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
-        | Annotated[list[int], Field(min_length=1)]
-        | Annotated[list[Annotated[list[int], Field(min_length=1)]],
-                    Field(min_length=1, max_length=MAX_PROMPTS)]
+        Text
+        | Annotated[list[Text], Field(min_length=1, max_length=MAX_PROMPTS)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]
     )  # fmt: skip
     max_tokens: int | None = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
@@ -102,7 +129,7 @@ class TextPart(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
@@ -110,16 +137,16 @@ class ChatMessage(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    content: Text | Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)] | None = None
+    name: Text | None = None
     tool_calls: list[ToolCallItem] | None = None
-    tool_call_id: str | None = None
+    tool_call_id: Text | None = None
 
 
 class ChatCompletionRequest(SamplingFields, ToolFields):
     """POST /v1/chat/completions."""
 
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
@@ -264,7 +291,7 @@ class ProgramCreateRequest(BaseModel):
     """POST /v1/programs; without ``program_id`` the server picks one."""
 
     model_config = ConfigDict(extra="ignore")
-    program_id: TagId | None = None
+    program_id: ProgramId | None = None
 
 
 class ProgramResponse(BaseModel):

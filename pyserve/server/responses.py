@@ -1,23 +1,27 @@
-"""Builds completion / chat responses and their SSE stream chunks from engine outputs."""
+"""Builds completion / chat responses and their SSE stream chunks from engine outputs.
+
+NOTE: JSON out of here never holds NaN or infinities: logprobs are clamped to
+``LOGPROB_FLOOR`` (-9999.0, OpenAI's value for an impossible token) and every encoder runs with
+``allow_nan=False``, so a NaN that slipped through is an error, never invalid JSON.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from starlette.responses import Response
+
 from pyserve.engine.outputs import RequestOutput, TokenLogprob
 from pyserve.server.errors import OpenAIError
 from pyserve.server.protocol import (
-    AssistantMessage,
-    ChatChoice,
-    ChatCompletionResponse,
     ChatLogprobs,
     ChatTokenLogprob,
-    CompletionChoice,
     CompletionLogprobs,
-    CompletionResponse,
     PromptTokensDetails,
     TopLogprob,
     Usage,
@@ -25,6 +29,19 @@ from pyserve.server.protocol import (
 from pyserve.server.serving import Job
 
 DONE = "data: [DONE]\n\n"
+LOGPROB_FLOOR = -9999.0
+
+
+def finite_logprob(value: float) -> float:
+    """``value`` clamped to ``[LOGPROB_FLOOR, 0]``; ValueError for NaN."""
+    if math.isnan(value):
+        raise ValueError("a logprob is NaN")
+    return min(0.0, max(LOGPROB_FLOOR, value))
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON that refuses NaN and infinities (ValueError)."""
+    return json.dumps(obj, allow_nan=False, separators=(",", ":"))
 
 
 class TokenText:
@@ -65,26 +82,11 @@ def completion_logprobs(lps: Sequence[TokenLogprob], text: TokenText, offset: in
     for lp in lps:
         tok = text(lp.token_id)
         res.tokens.append(tok)
-        res.token_logprobs.append(lp.logprob)
-        res.top_logprobs.append({text(t): v for t, v in lp.top.items()})
+        res.token_logprobs.append(finite_logprob(lp.logprob))
+        res.top_logprobs.append({text(t): finite_logprob(v) for t, v in lp.top.items()})
         res.text_offset.append(offset)
         offset += len(tok)
     return res
-
-
-def completion_response(job: Job, model: str, outs: list[RequestOutput], echo: Sequence[str] | None,
-                        text: TokenText) -> CompletionResponse:  # fmt: skip
-    """The non-streaming answer of /v1/completions."""
-    choices = []
-    for i, out in enumerate(outs):
-        head = echo[i // job.n] if echo else ""
-        lps = (completion_logprobs(out.logprobs, text, len(head))
-               if out.logprobs is not None else None)  # fmt: skip
-        choices.append(CompletionChoice(index=i, text=head + out.text, logprobs=lps,
-                                        finish_reason=out.finish_reason))  # fmt: skip
-    return CompletionResponse(
-        id=job.id, model=model, choices=choices, usage=usage(job.prompts, outs, job.n)
-    )
 
 
 def completion_chunk(job: Job, model: str, created: int, index: int, out: RequestOutput,
@@ -108,27 +110,16 @@ def chat_logprobs(lps: Sequence[TokenLogprob], text: TokenText) -> ChatLogprobs:
     content = []
     for lp in lps:
         tok = text(lp.token_id)
-        top = [TopLogprob(token=text(t), logprob=v, bytes=list(text(t).encode()))
+        top = [TopLogprob(token=text(t), logprob=finite_logprob(v), bytes=_bytes(text(t)))
                for t, v in lp.top.items()]  # fmt: skip
-        content.append(ChatTokenLogprob(token=tok, logprob=lp.logprob, bytes=list(tok.encode()),
-                                        top_logprobs=top))  # fmt: skip
+        content.append(ChatTokenLogprob(token=tok, logprob=finite_logprob(lp.logprob),
+                                        bytes=_bytes(tok), top_logprobs=top))  # fmt: skip
     return ChatLogprobs(content=content)
 
 
-def chat_response(job: Job, model: str, outs: list[RequestOutput], text: TokenText
-                  ) -> ChatCompletionResponse:  # fmt: skip
-    """The non-streaming answer of /v1/chat/completions."""
-    choices = [
-        ChatChoice(
-            index=i,
-            message=AssistantMessage(content=out.text),
-            logprobs=chat_logprobs(out.logprobs, text) if out.logprobs is not None else None,
-            finish_reason=out.finish_reason,
-        )  # fmt: skip
-        for i, out in enumerate(outs)
-    ]
-    return ChatCompletionResponse(id=job.id, model=model, choices=choices,
-                                  usage=usage(job.prompts, outs, job.n))  # fmt: skip
+def _bytes(text: str) -> list[int]:
+    # NOTE: a token decoded alone may be half of a surrogate-free multibyte character: "replace".
+    return list(text.encode("utf-8", "replace"))
 
 
 def chat_chunk(job: Job, model: str, created: int, index: int, out: RequestOutput,
@@ -170,15 +161,86 @@ async def sse_stream(job: Job, chunk: ChunkFn, include_usage: bool, model: str,
             last[index] = out
             if data is not None:
                 data["created"] = created
-                yield f"data: {json.dumps({**data, **usage_field})}\n\n"
+                yield f"data: {dumps({**data, **usage_field})}\n\n"
         if include_usage:
             outs = [last[i] for i in sorted(last)]
             final = {"id": job.id, "object": object_name, "created": created, "model": model,
                      "choices": [], "usage": usage(job.prompts, outs, job.n).model_dump()}  # fmt: skip
-            yield f"data: {json.dumps(final)}\n\n"
-    except OpenAIError as exc:
+            yield f"data: {dumps(final)}\n\n"
+    except (OpenAIError, ValueError) as exc:
+        if isinstance(exc, ValueError):  # e.g. a NaN the encoder refused: the server's fault
+            exc = OpenAIError(500, f"cannot encode the output: {exc}", code="internal_error")
         job.metrics.observe_error(exc.status)
+        job.on_outcome("rejected")
         yield exc.sse()
     finally:
         job.close()
     yield DONE
+
+
+# -- large answers --------------------------------------------------------------------------------
+class JSONBytesResponse(Response):
+    """A response whose body is JSON text rendered already (by :func:`json_response`)."""
+
+    media_type = "application/json"
+
+
+# NOTE: the non-streaming answers are rendered as JSON text piece by piece (one small json.dumps
+# per token) in a worker thread: each GIL-holding C call is short, so the event loop keeps
+# answering while a 40 MB answer is built. Their shape is CompletionResponse /
+# ChatCompletionResponse (the routes' response models).
+def _top_json(lp: TokenLogprob, text: TokenText) -> str:
+    tops = [{"token": text(t), "logprob": finite_logprob(v), "bytes": _bytes(text(t))}
+            for t, v in lp.top.items()]  # fmt: skip
+    tok = text(lp.token_id)
+    return dumps({"token": tok, "logprob": finite_logprob(lp.logprob), "bytes": _bytes(tok),
+                  "top_logprobs": tops})  # fmt: skip
+
+
+def _head(job: Job, obj: str, model: str, outs: Sequence[RequestOutput]) -> str:
+    """The response object up to its choices list, as JSON text without the closing brace."""
+    head = {"id": job.id, "object": obj, "created": int(time.time()), "model": model,
+            "usage": usage(job.prompts, outs, job.n).model_dump()}  # fmt: skip
+    return dumps(head)[:-1]
+
+
+def chat_json(job: Job, model: str, outs: list[RequestOutput], text: TokenText) -> bytes:
+    """The non-streaming answer of /v1/chat/completions (JSON bytes)."""
+    parts = []
+    for i, out in enumerate(outs):
+        lps = "null"
+        if out.logprobs is not None:
+            lps = '{"content":[' + ",".join(_top_json(lp, text) for lp in out.logprobs) + "]}"
+        choice = {"index": i, "message": {"role": "assistant", "content": out.text},
+                  "finish_reason": out.finish_reason}  # fmt: skip
+        parts.append(dumps(choice)[:-1] + ',"logprobs":' + lps + "}")
+    return (_head(job, "chat.completion", model, outs) + ',"choices":[' + ",".join(parts)
+            + "]}").encode()  # fmt: skip
+
+
+def _completion_lps_json(lps: Sequence[TokenLogprob], text: TokenText, offset: int) -> str:
+    res = completion_logprobs(lps, text, offset)
+    fields = []
+    for name in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+        items = ",".join(dumps(v) for v in getattr(res, name))
+        fields.append(f'"{name}":[{items}]')
+    return "{" + ",".join(fields) + "}"
+
+
+def completion_json(job: Job, model: str, outs: list[RequestOutput], echo: Sequence[str] | None,
+                    text: TokenText) -> bytes:  # fmt: skip
+    """The non-streaming answer of /v1/completions (JSON bytes)."""
+    parts = []
+    for i, out in enumerate(outs):
+        head = echo[i // job.n] if echo else ""
+        lps = ("null" if out.logprobs is None
+               else _completion_lps_json(out.logprobs, text, len(head)))  # fmt: skip
+        choice = {"index": i, "text": head + out.text, "finish_reason": out.finish_reason}
+        parts.append(dumps(choice)[:-1] + ',"logprobs":' + lps + "}")
+    return (_head(job, "text_completion", model, outs) + ',"choices":[' + ",".join(parts)
+            + "]}").encode()  # fmt: skip
+
+
+async def json_response(build: Callable[..., bytes], *args: Any) -> Response:
+    """``build(*args)`` (JSON bytes) run in a worker thread, off the event loop."""
+    return JSONBytesResponse(await asyncio.to_thread(build, *args))

@@ -10,18 +10,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from pyserve._core import ProgramTableFull
 from pyserve.engine.client import EngineClient, EngineDeadError, EngineError
 from pyserve.engine.engine import expand_n
 from pyserve.engine.outputs import RequestOutput
 from pyserve.sampling_params import SamplingParams
 from pyserve.server.errors import OpenAIError, bad_request
 from pyserve.server.metrics import ServerMetrics
+from pyserve.server.program_ids import check_program_id
+from pyserve.server.prompts import too_long
 from pyserve.server.protocol import SamplingFields
+
+# Cap on logprob entries one request may ask for: sum over choices of max_tokens x
+# (top_logprobs + 1). Answers this large are still built off the event loop.
+MAX_LOGPROB_ENTRIES = 1 << 20
 
 
 class ClientGone(Exception):
@@ -42,18 +49,20 @@ def program_tags(body: SamplingFields, request: Request) -> ProgramTags:
 
     The program id is ``program_id``, its alias ``session_id`` (vLLM's and SGLang's name), or
     the ``X-Program-Id`` / ``X-Session-ID`` header; the thread id ``thread_id`` or
-    ``X-Thread-Id``. 400 when the body names two different programs.
+    ``X-Thread-Id``. 400 when the body names two different programs, or for an id that breaks
+    the id rule (``pyserve.server.program_ids``).
     """
     h = request.headers
     if body.program_id and body.session_id and body.program_id != body.session_id:
         raise bad_request("session_id is an alias of program_id; they name different programs",
                           param="session_id")  # fmt: skip
-    pid = (body.program_id or body.session_id or h.get("x-program-id")
-           or h.get("x-session-id") or None)  # fmt: skip
+    pid = body.program_id or body.session_id
+    for header in ("X-Program-Id", "X-Session-ID"):
+        if pid is None and h.get(header):
+            pid = check_program_id(h[header], header)
     tid = body.thread_id or h.get("x-thread-id") or None
-    for name, value in (("program_id", pid), ("thread_id", tid)):
-        if value is not None and len(value) > 256:
-            raise bad_request(f"{name} is longer than 256 characters", param=name)
+    if tid is not None and len(tid) > 256:
+        raise bad_request("thread_id is longer than 256 characters", param="thread_id")
     return ProgramTags(pid, tid, tuple(body.parent_ids))
 
 
@@ -65,6 +74,9 @@ async def ensure_program(client: EngineClient, program_id: str | None) -> bool:
         await client.start_program(program_id)
     except ValueError:
         return False  # started meanwhile by a concurrent call, or live in the core already
+    except ProgramTableFull as exc:
+        raise OpenAIError(429, f"{exc}: end programs (DELETE /v1/programs/ID) or retry later",
+                          param="program_id", code="too_many_programs") from None  # fmt: skip
     return True
 
 
@@ -78,9 +90,7 @@ def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int 
     """
     room = max_model_len - prompt_len
     if room < 1:
-        raise bad_request(f"this model's maximum context length is {max_model_len} tokens, but "
-                          f"the prompt has {prompt_len} tokens",
-                          param="prompt", code="context_length_exceeded")  # fmt: skip
+        raise too_long(prompt_len, max_model_len)
     if max_tokens is not None and max_tokens > room:
         raise bad_request(f"this model's maximum context length is {max_model_len} tokens; you "
                           f"requested {prompt_len + max_tokens} tokens ({prompt_len} in the "
@@ -115,6 +125,15 @@ def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int 
         raise bad_request(str(exc)) from None
 
 
+def check_logprob_budget(params: Sequence[SamplingParams]) -> None:
+    """400 when ``n x (top_logprobs + 1) x max_tokens`` over all prompts passes the cap."""
+    total = sum(p.n * (p.logprobs + 1) * p.max_tokens for p in params if p.logprobs is not None)
+    if total > MAX_LOGPROB_ENTRIES:
+        raise bad_request(f"n x (top_logprobs + 1) x max_tokens is {total} logprob entries; the "
+                          f"limit is {MAX_LOGPROB_ENTRIES}: lower n, top_logprobs or max_tokens",
+                          param="max_tokens", code="logprobs_too_large")  # fmt: skip
+
+
 async def until_disconnect(request: Request, awaitable):
     """Awaits ``awaitable`` unless the client disconnects first (then cancels it: ClientGone)."""
     task = asyncio.ensure_future(awaitable)
@@ -143,10 +162,14 @@ class Job:
 
     def __init__(self, client: EngineClient, metrics: ServerMetrics, prefix: str,
                  prompts: Sequence[list[int]], params: Sequence[SamplingParams],
-                 tags: ProgramTags, priority: float) -> None:  # fmt: skip
+                 tags: ProgramTags, priority: float,
+                 on_outcome: Callable[[str], None] | None = None) -> None:  # fmt: skip
         self.id = f"{prefix}-{uuid.uuid4().hex}"
         self.client = client
         self.metrics = metrics
+        # NOTE: told "aborted" when the engine aborts a choice (e.g. at shutdown) and "rejected"
+        # when a stream that answered 200 ends in an error event.
+        self.on_outcome = on_outcome or (lambda outcome: None)
         self.prompts = prompts
         self.tags = tags
         self.n = params[0].n
@@ -184,6 +207,8 @@ class Job:
             if out.finished:
                 # NOTE: the prompt counts once per prompt, not once per choice.
                 self.metrics.observe_finished(out, count_prompt=index % self.n == 0)
+                if out.finish_reason == "abort":
+                    self.on_outcome("aborted")
             return index, out
         return None
 

@@ -51,6 +51,8 @@ struct SchedulerConfig {
   int starve_quantum = 10;
   // Program table: idle programs (no active call) are collected after this many seconds.
   double program_ttl_s = 600.0;
+  // Cap on live programs: start_program beyond it throws ProgramTableFull (HTTP 429). 0: none.
+  int64_t max_programs = 1000000;
 
   /// Throws std::invalid_argument naming the first bad field.
   void validate() const;

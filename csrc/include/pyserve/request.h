@@ -66,9 +66,10 @@ struct Request {
   Key key;                            // key under which it sits in the waiting set
 
   // Program bookkeeping. NOTE: `program` stays valid while the call is active (the table never
-  // drops an entry with active calls).
-  std::string program_key;  // spec.program_id, or a private key for an untagged call
+  // drops an entry with active calls). An untagged call (empty spec.program_id) is its own
+  // one-call program: `program` points at `solo_program`, which is in no table.
   ProgramEntry* program = nullptr;
+  ProgramEntry solo_program;
   double wait_since = 0.0;   // when it last entered the waiting/swapped queue
   double total_wait = 0.0;   // all time spent queued (folded into the program at the end)
   int64_t enqueue_step = 0;  // step at which it last entered a queue
