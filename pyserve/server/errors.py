@@ -100,7 +100,9 @@ def _is_type_tag(part: object) -> bool:
     """Pydantic puts the union member ('str', 'list[int]', 'function-after[...]') into loc."""
     if not isinstance(part, str):
         return False
-    return "[" in part or part in ("str", "int", "float", "bool", "list", "dict", "none")
+    # NOTE: model members of a union appear by class name (API field names are snake_case).
+    return ("[" in part or part[:1].isupper()
+            or part in ("str", "int", "float", "bool", "list", "dict", "none"))  # fmt: skip
 
 
 def install_error_handlers(app: FastAPI) -> None:
