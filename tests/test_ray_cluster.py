@@ -11,9 +11,9 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from pyserve.cluster.cluster import RayCluster  # noqa: E402
+from pyserve.cluster.router import RouterOptions  # noqa: E402
 from pyserve.config import EngineConfig  # noqa: E402
-from pyserve.dist.cluster import RayCluster  # noqa: E402
-from pyserve.dist.router import RouterOptions  # noqa: E402
 from pyserve.engine.client import EngineClient, EngineDeadError, EngineError  # noqa: E402
 from pyserve.sampling_params import SamplingParams  # noqa: E402
 

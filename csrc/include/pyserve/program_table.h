@@ -1,6 +1,7 @@
 // Process table of agentic programs (Autellix): per-program service, waits and activity.
 #pragma once
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -25,7 +26,9 @@ struct ProgramEntry {
 
 /// program id -> entry. Shared (shared_ptr) by every scheduler behind one router, so a call's
 /// priority reflects service its program received on any engine.
-/// NOTE: not thread-safe; schedulers sharing a table must run on one thread (or be serialised).
+/// NOTE: schedulers sharing a table must run on one thread (or be serialised). Membership
+/// queries (contains, size, ids) may come from other threads: every change to the set of
+/// entries holds `mu_`. Entry fields are only touched by the schedulers' thread.
 class ProgramTable {
  public:
   explicit ProgramTable(double ttl_s = 600.0) : ttl_s_(ttl_s) {}
@@ -35,7 +38,10 @@ class ProgramTable {
   /// Explicit end; throws std::invalid_argument for an unknown id. With active calls the entry
   /// goes when the last one finishes.
   void end(const std::string& id);
-  bool contains(const std::string& id) const { return entries_.count(id) != 0; }
+  bool contains(const std::string& id) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return entries_.count(id) != 0;
+  }
   const ProgramEntry* find(const std::string& id) const;
   /// The entry for a new call (created implicitly when missing); counts the call as active.
   ProgramEntry& call_arrived(const std::string& id, double now);
@@ -48,13 +54,17 @@ class ProgramTable {
   bool coming_back(const std::string& id) const;
   /// Removes idle programs: no active call and no activity for ttl seconds. Returns how many.
   int collect(double now);
-  size_t size() const { return entries_.size(); }
+  size_t size() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return entries_.size();
+  }
   double ttl() const { return ttl_s_; }
   void set_ttl(double ttl_s) { ttl_s_ = ttl_s; }
   std::vector<std::string> ids() const;
 
  private:
   double ttl_s_;
+  mutable std::mutex mu_;
   std::unordered_map<std::string, ProgramEntry> entries_;
 };
 
