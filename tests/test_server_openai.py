@@ -177,8 +177,10 @@ def test_programs_start_end_and_tags(server, client, engine):
     client.completions.create(model=MODEL, prompt="tool call", max_tokens=4,
                               extra_body={"program_id": pid})  # fmt: skip
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
-                                   max_tokens=4, extra_headers={"X-Program-Id": "agent-7",
-                                                                "X-Thread-Id": "main"})  # fmt: skip
+                                   max_tokens=4, extra_headers={"X-Program-Id": "agent-7"})  # fmt: skip
+    with pytest.raises(openai.BadRequestError, match="thread_id"):  # no policy reads threads
+        client.completions.create(model=MODEL, prompt="x", max_tokens=2,
+                                  extra_headers={"X-Thread-Id": "main"})  # fmt: skip
     wait_server_idle(url, timeout_s=30.0)
     # NOTE: the engine thread is idle (nothing queued), so reading the core here is race-free.
     for p in (pid, "agent-7"):
