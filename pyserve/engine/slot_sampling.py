@@ -48,8 +48,9 @@ class SlotSampling:
     def add(self, slot: int, p: SamplingParams, prompt_ids: Sequence[int]) -> None:
         """Records a new sequence's settings in ``slot``."""
         self._grow(slot + 1)
-        for name in _FLOATS:
-            self.f[name][slot] = getattr(p, name)
+        with np.errstate(over="ignore"):  # NOTE: like torch, huge values become float32 inf
+            for name in _FLOATS:
+                self.f[name][slot] = getattr(p, name)
         self.top_k[slot] = p.top_k
         self.seed[slot] = -1 if p.seed is None else p.seed
         self.min_tokens[slot] = p.min_tokens
