@@ -17,11 +17,11 @@ vLLM's ``priority`` policy, which the plugin forces on:
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections import deque
 
+from vllm.logger import init_logger
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.interface import PauseState
 from vllm.v1.core.sched.request_queue import SchedulingPolicy
@@ -33,7 +33,8 @@ from pyserve.integrations.vllm.compat import check_instance
 from pyserve.integrations.vllm.config import policy_config
 from pyserve.integrations.vllm.program_ids import program_ids
 
-logger = logging.getLogger(__name__)
+# NOTE: under vLLM's logger tree so its handlers print the plugin's lines.
+logger = init_logger("vllm." + __name__)
 
 
 class ProgramScheduler(Scheduler):
