@@ -6,8 +6,8 @@ Run with the vLLM venv's Python (docs/vllm.md):
 
 Three engines on the same vLLM, model folder (builtin:tiny), program trace and arrival times;
 only the scheduler differs: vLLM FCFS, vLLM ``priority`` with no priorities set, and
-``--scheduler-cls pyserve.integrations.vllm.ProgramScheduler`` (ATLAS by default). The trace is a
-small saturating mix of ReAct chains (sequential calls separated by tool time, each call's prompt
+``--scheduler-cls pyserve.integrations.vllm.ProgramScheduler`` (``--policy``, default atlas).
+The trace is a small saturating mix of ReAct chains (sequential calls separated by tool time, each call's prompt
 the growing context) and parallel branches (a fan-out of calls, then a join call), seeded.
 
 A program's latency is its last call's finish minus its arrival; per token, divided by the
@@ -45,16 +45,16 @@ class Program:
 
 
 def make_trace(seed: int, num_programs: int, rate: float) -> list[Program]:
-    """ReAct chains (2-6 sequential calls) and parallel branches (3-4 calls, then a join);
+    """ReAct chains (2-4 sequential calls) and parallel branches (3-4 calls, then a join);
     every fourth program is heavy (long calls). Poisson arrivals at ``rate`` programs/s."""
     rng = random.Random(seed)
     out, t = [], 0.0
     for i in range(num_programs):
         t += rng.expovariate(rate)
         heavy = i % 4 == 3
-        size = (96, 160) if heavy else (8, 40)
+        size = (64, 96) if heavy else (8, 24)
         if i % 2 == 0:  # ReAct chain
-            stages = [[rng.randint(*size)] for _ in range(rng.randint(2, 6 if heavy else 4))]
+            stages = [[rng.randint(*size)] for _ in range(rng.randint(2, 4))]
         else:  # parallel branches then a join
             fan = [rng.randint(*size) for _ in range(rng.randint(3, 4))]
             stages = [fan, [rng.randint(8, 32)]]
@@ -108,7 +108,7 @@ def run(engine, programs: list[Program]) -> float:
     return sum((p.finish - p.arrival) / p.tokens for p in programs) / len(programs)
 
 
-def build_engine(model: str, max_num_seqs: int, scheduler: str):
+def build_engine(model: str, max_num_seqs: int, scheduler: str, policy: str):
     from vllm import EngineArgs, LLMEngine
 
     kwargs = dict(model=model, dtype="float32", enforce_eager=True, seed=0, max_model_len=1024,
@@ -117,20 +117,21 @@ def build_engine(model: str, max_num_seqs: int, scheduler: str):
         kwargs["scheduling_policy"] = "priority"
     elif scheduler == "pyserve":
         kwargs["scheduler_cls"] = "pyserve.integrations.vllm.ProgramScheduler"
-        kwargs["additional_config"] = {"pyserve": {"policy": os.environ.get("PYSERVE_POLICY",
-                                                                           "atlas")}}  # fmt: skip
+        kwargs["additional_config"] = {"pyserve": {"policy": policy}}
     return LLMEngine.from_engine_args(EngineArgs(**kwargs))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--programs", type=int, default=24)
+    ap.add_argument("--programs", type=int, default=12)
     ap.add_argument("--rate", type=float, default=2.0, help="program arrivals per second")
     ap.add_argument("--max-num-seqs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--policy", default="atlas", choices=("atlas", "plas", "mlfq"))
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     from pyserve.model.builtin import ensure_builtin
 
     model = str(ensure_builtin("tiny"))
@@ -141,7 +142,9 @@ def main() -> None:
           f"max_num_seqs={args.max_num_seqs}")  # fmt: skip
     result = {}
     for name in ("vllm_fcfs", "vllm_priority", "pyserve"):
-        engine = build_engine(model, args.max_num_seqs, name)
+        t0 = time.monotonic()
+        engine = build_engine(model, args.max_num_seqs, name, args.policy)
+        print(f"{name}: engine ready in {time.monotonic() - t0:.0f}s", flush=True)
         t0 = time.monotonic()
         result[name] = run(engine, trace)
         print(f"{name}: mean program latency per token {result[name] * 1e3:.2f} ms "
