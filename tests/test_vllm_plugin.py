@@ -145,9 +145,9 @@ def test_program_id_from_session_and_thread_fields():
     r = request("s1", 20, 3, None, thread_id=3, parent_ids="t0")
     r.session_id = "sess-9"
     s.add_request(r)
-    assert s.program_policy.info("s1")["program_key"] == "sess-9"
+    assert s.program_policy.info("s1")["program_id"] == "sess-9"
     s.add_request(request("s2", 20, 3, 42))  # numeric ids are honoured as text
-    assert s.program_policy.info("s2")["program_key"] == "42"
+    assert s.program_policy.info("s2")["program_id"] == "42"
 
 
 def test_decisions_match_native_scheduler_on_one_trace():

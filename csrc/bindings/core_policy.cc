@@ -45,7 +45,7 @@ py::dict call_info(const ProgramPolicy& p, const std::string& id) {
   d["total_wait"] = r.total_wait;
   d["snapshot"] = r.snapshot;
   d["num_preemptions"] = r.num_preemptions;
-  d["program_key"] = r.program_key;
+  d["program_id"] = r.spec.program_id;
   return d;
 }
 

@@ -28,10 +28,15 @@ void ProgramPolicy::arrive(RequestSpec spec) {
   r.arrival_seq = arrivals_++;
   r.spec = std::move(spec);
   now_ = std::max(now_, r.spec.arrival_time);
-  // As Scheduler::add_request: an untagged call is its own one-call program.
-  r.program_key = r.spec.program_id.empty() ? std::string("\001") + "call:" + r.spec.request_id
-                                            : r.spec.program_id;
-  r.program = &programs_->call_arrived(r.program_key, now_);
+  // As Scheduler::add_request: an untagged call is its own one-call program, kept out of the
+  // shared table.
+  if (r.tagged()) {
+    r.program = &programs_->call_arrived(r.spec.program_id, now_);
+  } else {
+    r.solo.active_calls = 1;
+    r.solo.last_arrival = r.solo.last_completion = now_;
+    r.program = &r.solo;
+  }
   policy_->on_arrival(r, now_);
   r.status = Status::kWaiting;
   r.wait_since = now_;
@@ -112,9 +117,8 @@ void ProgramPolicy::finish(const std::string& request_id) {
   r.status = Status::kFinished;
   policy_->on_finish(r, now_);
   // As Scheduler::finish: aborts fold in too.
-  programs_->call_finished(r.program_key, r.service, r.total_wait, now_);
-  if (r.spec.program_id.empty() && programs_->contains(r.program_key))
-    programs_->end(r.program_key);
+  if (r.tagged()) programs_->call_finished(r.spec.program_id, r.service, r.total_wait, now_);
+  r.program = nullptr;
   calls_.erase(it);
 }
 
