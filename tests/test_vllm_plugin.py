@@ -142,7 +142,9 @@ def test_bad_config_is_rejected_naming_the_key(bad, match):
 
 def test_program_id_from_session_and_thread_fields():
     s = make(ProgramScheduler, PLAS)
-    r = request("s1", 20, 3, None, thread_id=3, parent_ids="t0")
+    with pytest.raises(ValueError, match="thread_id"):
+        s.add_request(request("t1", 20, 3, "P", thread_id=3))
+    r = request("s1", 20, 3, None)
     r.session_id = "sess-9"
     s.add_request(r)
     assert s.program_policy.info("s1")["program_id"] == "sess-9"

@@ -17,16 +17,13 @@ using namespace pyserve;
 namespace {
 
 void arrive(ProgramPolicy& p, const std::string& request_id, const std::string& program_id,
-            double priority, double arrival_time, const std::string& thread_id,
-            std::vector<std::string> parent_ids, double ltr_score, double remaining_hint,
+            double priority, double arrival_time, double ltr_score, double remaining_hint,
             double program_remaining_hint) {
   RequestSpec spec;
   spec.request_id = request_id;
   spec.program_id = program_id;
   spec.priority = priority;
   spec.arrival_time = arrival_time;
-  spec.thread_id = thread_id;
-  spec.parent_ids = std::move(parent_ids);
   spec.ltr_score = ltr_score;
   spec.remaining_hint = remaining_hint;
   spec.program_remaining_hint = program_remaining_hint;
@@ -57,8 +54,7 @@ void bind_program_policy(py::module_& m) {
       .def(py::init<const SchedulerConfig&, std::shared_ptr<ProgramTable>>(), py::arg("config"),
            py::arg("programs") = nullptr)
       .def("arrive", &arrive, py::arg("request_id"), py::arg("program_id") = "",
-           py::arg("priority") = 0.0, py::arg("arrival_time") = 0.0, py::arg("thread_id") = "",
-           py::arg("parent_ids") = std::vector<std::string>{}, py::arg("ltr_score") = 0.0,
+           py::arg("priority") = 0.0, py::arg("arrival_time") = 0.0, py::arg("ltr_score") = 0.0,
            py::arg("remaining_hint") = -1.0, py::arg("program_remaining_hint") = -1.0)
       .def("started", &ProgramPolicy::started, py::arg("request_id"))
       .def("preempted", &ProgramPolicy::preempted, py::arg("request_id"))

@@ -3,14 +3,15 @@
 - ``program_id``: ``SamplingParams.extra_args["program_id"]`` (``vllm_xargs`` over HTTP), else the
   request's ``session_id`` (body field ``session_id`` or header ``X-Session-ID``), else none: the
   call is its own one-call program.
-- ``thread_id`` and ``parent_ids``: ``extra_args["thread_id"]`` / ``extra_args["parent_ids"]``.
+- ``thread_id`` / ``parent_ids`` are refused (ValueError naming them), as the native server answers
+  them with a 400: the core keeps no per-thread state.
 
 Programs are implicit (created by their first call) and end by TTL (``program_ttl_s``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -19,8 +20,6 @@ class ProgramIds:
     """The program fields of one call."""
 
     program_id: str = ""
-    thread_id: str = ""
-    parent_ids: list[str] = field(default_factory=list)
 
 
 def _text(value: Any, name: str) -> str:
@@ -38,12 +37,7 @@ def program_ids(request: Any) -> ProgramIds:
     program = extra.get("program_id")
     if program is None:
         program = getattr(request, "session_id", None) or ""
-    thread = extra.get("thread_id", "")
-    parents = extra.get("parent_ids", [])
-    if not isinstance(parents, list):
-        parents = [parents]
-    return ProgramIds(
-        program_id=_text(program, "program_id"),
-        thread_id=_text(thread, "thread_id"),
-        parent_ids=[_text(p, "parent_ids") for p in parents],
-    )
+    for name in ("thread_id", "parent_ids"):
+        if name in extra:
+            raise ValueError(f"extra_args[{name!r}] is not supported (program_id only)")
+    return ProgramIds(program_id=_text(program, "program_id"))

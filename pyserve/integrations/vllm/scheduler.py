@@ -113,8 +113,7 @@ class ProgramScheduler(Scheduler):
         ids = program_ids(request)
         self.program_policy.advance_clock(self._now())
         self.program_policy.arrive(rid, program_id=ids.program_id, priority=request.priority,
-                                   arrival_time=self.program_policy.now, thread_id=ids.thread_id,
-                                   parent_ids=ids.parent_ids)  # fmt: skip
+                                   arrival_time=self.program_policy.now)  # fmt: skip
         self._user_priority[rid] = request.priority
         request.priority = self._priority(rid)  # NOTE: before vLLM pushes it into its heap
         super().add_request(request)
