@@ -108,7 +108,7 @@ def test_program_policy_matches_native_scheduler(policy, seed):
         plan = s.schedule()
         seconds = 0.001 + 0.0005 * plan.num_tokens
         fin = s.update(np.full(plan.num_samples, 7, dtype=np.int32), seconds)
-        done = [s.request_info(int(sid))["request_id"] for sid, _ in fin]
+        done = [s.request_info(int(f.seq_id))["request_id"] for f in fin.finished]
         m.step(s, plan, seconds, done)
         live.difference_update(done)
         _compare(s, m, live)
