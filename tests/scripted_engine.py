@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from pyserve.engine.outputs import RequestOutput
+from pyserve.engine.outputs import CompletionOutput, RequestOutput
 from pyserve.model.tokenizer import load_tokenizer
 
 
@@ -28,8 +28,7 @@ class ScriptedClient:
         self.programs: set[str] = set()
 
     async def generate(self, request_id, prompt, params, *, priority=0.0, program_id=None,
-                       thread_id=None, parent_ids=(), ltr_score=None
-                       ) -> AsyncIterator[RequestOutput]:  # fmt: skip
+                       ltr_score=None) -> AsyncIterator[RequestOutput]:  # fmt: skip
         self.prompts.append(list(prompt))
         self.program_ids.append(program_id)
         text = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
@@ -39,9 +38,12 @@ class ScriptedClient:
             await asyncio.sleep(0)
             full = self.tokenizer.decode(ids[:end])
             done = end >= len(ids)
-            yield RequestOutput(request_id, None, list(prompt), full, ids[:end], None, done,
-                                ("length" if len(ids) == params.max_tokens else "stop")
-                                if done else None, full[len(shown) :], ids[end - step : end])  # fmt: skip
+            # NOTE: like the engine, unfinished outputs carry token deltas, the finished one all
+            delta, delta_ids = full[len(shown) :], ids[end - step : end]
+            reason = ("length" if len(ids) == params.max_tokens else "stop") if done else None
+            comp = CompletionOutput(0, full, ids[:end] if done else delta_ids, None, reason, delta,
+                                    delta_ids)  # fmt: skip
+            yield RequestOutput(request_id, None, list(prompt), [comp], done)
             shown = full
 
     async def abort(self, request_id: str) -> None:

@@ -90,10 +90,14 @@ def test_start_end_stay_cheap_at_scale():
     assert per_op_full < 50e-6, per_op_full
 
 
-def test_async_engine_mirror_tracks_start_end_and_ttl(one_torch_thread):
-    from conftest import tiny_async_engine
+def test_async_engine_programs_track_start_end_and_ttl(one_torch_thread):
+    from pyserve.config import EngineConfig
+    from pyserve.engine.async_engine import AsyncEngine
+    from pyserve.engine.engine import Engine
 
-    engine = tiny_async_engine()
+    table = _core.ProgramTable(600.0, 0)  # NOTE: the engine's own table, shared by reference
+    config = EngineConfig.from_kwargs("builtin:tiny", kv_cache_bytes=16 << 20)
+    engine = AsyncEngine(Engine(config, programs=table))
 
     async def scenario():
         t0 = time.perf_counter()
@@ -103,7 +107,7 @@ def test_async_engine_mirror_tracks_start_end_and_ttl(one_torch_thread):
         await engine.end_program("a7")
         assert not engine.has_program("a7")
         assert (await engine.stats())["num_programs"] <= 4_999
-        await engine._call(lambda: setattr(engine.engine.core.programs, "ttl", 0.5))
+        await engine._call(lambda: setattr(table, "ttl", 0.5))  # on the loop thread
         await asyncio.sleep(2.0)  # idle: the loop collects expired programs anyway
         assert not engine.has_program("a8") and (await engine.stats())["num_programs"] == 0
         await engine.shutdown()

@@ -99,6 +99,8 @@ BAD_COMPLETIONS = {
                             "session_id"),  # fmt: skip
     "priority string": (with_(OK_COMPLETION, priority="high"), 400, "priority"),
     "parent_ids wrong type": (with_(OK_COMPLETION, parent_ids="abc"), 400, "parent_ids"),
+    "parent_ids unsupported": (with_(OK_COMPLETION, parent_ids=["a"]), 400, "parent_ids"),
+    "thread_id unsupported": (with_(OK_COMPLETION, thread_id="t0"), 400, "thread_id"),
 }
 
 BAD_CHATS = {

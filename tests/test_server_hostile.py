@@ -152,8 +152,6 @@ def test_deleted_program_ends_for_good(server, http, engine):
     assert pid == "agent/run-1"
     long = {"model": MODEL, "prompt": "story", "max_tokens": 1000, "ignore_eos": True,
             "program_id": pid, "stream": True}  # fmt: skip
-    programs = engine.engine.core.programs
-
     def on_engine(fn):  # NOTE: the core is touched by the engine's loop thread only
         return asyncio.run(engine._call(fn))
 
@@ -167,7 +165,7 @@ def test_deleted_program_ends_for_good(server, http, engine):
         assert again.status_code == 200
         # NOTE: the tiny model may finish the long call first; either way the old state is gone
         # (tests/test_program_table.py checks the retired entry of a call that still runs).
-        info = on_engine(lambda: programs.info(pid))
+        info = on_engine(lambda: engine.engine.program_info(pid))
         assert info["active_calls"] == 0 and engine.has_program(pid)
     assert http.delete(f"/v1/programs/{pid}").status_code == 200
     assert http.delete(f"/v1/programs/{pid}").status_code == 404

@@ -51,7 +51,7 @@ def test_drain_is_bounded_and_frees_kv():
     s.close()
     assert took < 6.0, took
     assert not engine.is_running
-    st = engine.engine.core.stats()
+    st = engine.engine.stats()
     assert st["gpu_blocks_used"] == 0 and not engine.engine.has_unfinished()
 
 

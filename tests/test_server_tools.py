@@ -203,12 +203,12 @@ def test_async_engine_marks_coming_back(real, engine):
                                    extra_body={"session_id": "back-1"})  # fmt: skip
     wait_server_idle(srv.url, 10)
     assert asyncio.run(engine.mark_coming_back("back-1"))
-    assert engine.engine.core.programs.coming_back("back-1")
+    assert engine.engine.program_info("back-1")["coming_back"]
     assert not asyncio.run(engine.mark_coming_back("never-started"))
     client.chat.completions.create(model=MODEL, messages=HISTORY[:1], max_tokens=2,
                                    extra_headers={"X-Session-ID": "back-1"})  # fmt: skip
     wait_server_idle(srv.url, 10)
-    assert not engine.engine.core.programs.coming_back("back-1")  # the next call cleared it
+    assert not engine.engine.program_info("back-1")["coming_back"]  # the next call cleared it
 
 
 def test_coming_back_reaches_the_core_program_table():

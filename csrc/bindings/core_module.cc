@@ -95,6 +95,57 @@ void bind_plan(py::module_& m) {
       .PLAN_ARRAY(preempted);
 }
 
+FinishReason parse_reason(const std::string& s) {
+  if (s == "stop") return FinishReason::kStop;
+  if (s == "length") return FinishReason::kLength;
+  if (s == "abort") return FinishReason::kAbort;
+  throw std::invalid_argument("finish reason must be 'stop', 'length' or 'abort', got '" + s + "'");
+}
+
+#define REPORT_ARRAY(name) \
+  def_property_readonly(   \
+      #name, [](py::object self) { return view(self.cast<const StepReport&>().name, self); })
+
+void bind_report(py::module_& m) {
+  py::class_<FinishedCall>(m, "FinishedCall")
+      .def_readonly("seq_id", &FinishedCall::id)
+      .def_readonly("request_id", &FinishedCall::request_id)
+      .def_property_readonly("reason",
+                             [](const FinishedCall& f) { return finish_reason_name(f.reason); })
+      .def_readonly("num_prompt_tokens", &FinishedCall::num_prompt_tokens)
+      .def_readonly("num_output_tokens", &FinishedCall::num_output_tokens)
+      .def_readonly("num_cached_tokens", &FinishedCall::num_cached_tokens)
+      .def_readonly("service", &FinishedCall::service)
+      .def_readonly("wait", &FinishedCall::wait)
+      .def_readonly("program_service", &FinishedCall::program_service)
+      .def_readonly("program_critical", &FinishedCall::program_critical)
+      .def_readonly("program_wait", &FinishedCall::program_wait)
+      .def("__repr__", [](const FinishedCall& f) {
+        return "FinishedCall(" + f.request_id + ", " + finish_reason_name(f.reason) + ")";
+      });
+  py::class_<StepReport>(m, "StepReport")
+      .def_readonly("step", &StepReport::step)
+      .def_readonly("num_decodes", &StepReport::num_decodes)
+      .def_readonly("num_prefills", &StepReport::num_prefills)
+      .def_readonly("num_tokens", &StepReport::num_tokens)
+      .def_property_readonly("num_seqs", &StepReport::num_seqs)
+      .def_readonly("start_time", &StepReport::start_time)
+      .def_readonly("end_time", &StepReport::end_time)
+      .REPORT_ARRAY(token_seq_ids)
+      .REPORT_ARRAY(tokens)
+      .REPORT_ARRAY(token_rows)
+      .REPORT_ARRAY(first_scheduled)
+      .REPORT_ARRAY(first_cached_tokens)
+      .REPORT_ARRAY(scheduled)
+      .def_property_readonly(  // NOTE: copies: the report's buffers are reused next step
+          "finished", [](const StepReport& r) { return std::vector<FinishedCall>(r.finished); })
+      .def_readonly("gpu_blocks_free", &StepReport::gpu_blocks_free)
+      .def_readonly("gpu_blocks_total", &StepReport::gpu_blocks_total)
+      .def_readonly("num_running", &StepReport::num_running)
+      .def_readonly("num_waiting", &StepReport::num_waiting)
+      .def_readonly("num_swapped", &StepReport::num_swapped);
+}
+
 py::dict request_info(const Scheduler& s, SeqId id) {
   const Request& r = s.request(id);
   py::dict d;
@@ -138,6 +189,9 @@ py::dict stats_dict(const Scheduler& s) {
   d["prefix_query_tokens"] = st.prefix_query_tokens;
   d["prefix_hit_tokens"] = st.prefix_hit_tokens;
   d["num_steps"] = st.num_steps;
+  d["num_finished_stop"] = st.num_finished_stop;
+  d["num_finished_length"] = st.num_finished_length;
+  d["num_finished_abort"] = st.num_finished_abort;
   return d;
 }
 
@@ -145,9 +199,8 @@ SeqId add_request(Scheduler& s, const std::string& request_id,
                   py::array_t<int32_t, py::array::c_style | py::array::forcecast> prompt,
                   int max_tokens, int min_tokens, bool ignore_eos,
                   std::vector<TokenId> stop_token_ids, double priority, double arrival_time,
-                  std::string cache_salt, std::string program_id, std::string thread_id,
-                  std::vector<std::string> parent_ids, double ltr_score, double remaining_hint,
-                  double program_remaining_hint) {
+                  std::string cache_salt, std::string program_id, double ltr_score,
+                  double remaining_hint, double program_remaining_hint) {
   if (prompt.ndim() != 1) throw std::invalid_argument("prompt must be a 1-D sequence of token ids");
   RequestSpec spec;
   spec.request_id = request_id;
@@ -160,25 +213,17 @@ SeqId add_request(Scheduler& s, const std::string& request_id,
   spec.arrival_time = arrival_time;
   spec.cache_salt = std::move(cache_salt);
   spec.program_id = std::move(program_id);
-  spec.thread_id = std::move(thread_id);
-  spec.parent_ids = std::move(parent_ids);
   spec.ltr_score = ltr_score;
   spec.remaining_hint = remaining_hint;
   spec.program_remaining_hint = program_remaining_hint;
   return s.add_request(std::move(spec));
 }
 
-py::list update(Scheduler& s,
-                py::array_t<int32_t, py::array::c_style | py::array::forcecast> sampled,
-                double step_seconds) {
-  std::vector<Finished> fin;
-  {
-    py::gil_scoped_release release;
-    fin = s.update(sampled.data(), int(sampled.size()), step_seconds);
-  }
-  py::list out;
-  for (const auto& f : fin) out.append(py::make_tuple(f.id, finish_reason_name(f.reason)));
-  return out;
+const StepReport& update(Scheduler& s,
+                         py::array_t<int32_t, py::array::c_style | py::array::forcecast> sampled,
+                         double step_seconds) {
+  py::gil_scoped_release release;
+  return s.update(sampled.data(), int(sampled.size()), step_seconds);
 }
 
 py::object program_info(const ProgramTable& t, const std::string& id) {
@@ -230,13 +275,19 @@ void bind_scheduler(py::module_& m) {
            py::arg("max_tokens") = 16, py::arg("min_tokens") = 0, py::arg("ignore_eos") = false,
            py::arg("stop_token_ids") = std::vector<TokenId>{}, py::arg("priority") = 0.0,
            py::arg("arrival_time") = 0.0, py::arg("cache_salt") = "", py::arg("program_id") = "",
-           py::arg("thread_id") = "", py::arg("parent_ids") = std::vector<std::string>{},
            py::arg("ltr_score") = 0.0, py::arg("remaining_hint") = -1.0,
            py::arg("program_remaining_hint") = -1.0)
       .def("abort", &Scheduler::abort, py::arg("request_id"))
+      .def(
+          "finish",
+          [](Scheduler& s, const std::string& id, const std::string& reason) {
+            return s.finish(id, parse_reason(reason));
+          },
+          py::arg("request_id"), py::arg("reason") = "stop")
       .def("schedule", &Scheduler::schedule, py::return_value_policy::reference_internal,
            py::call_guard<py::gil_scoped_release>())
-      .def("update", &update, py::arg("sampled"), py::arg("step_seconds") = 0.0)
+      .def("update", &update, py::arg("sampled"), py::arg("step_seconds") = 0.0,
+           py::return_value_policy::reference_internal)
       .def("find", &Scheduler::find)
       .def("start_program", &Scheduler::start_program, py::arg("program_id"))
       .def("end_program", &Scheduler::end_program, py::arg("program_id"))
@@ -294,16 +345,19 @@ void bind_allocator(py::module_& m) {
 
 }  // namespace
 
-void bind_router(py::module_& m);  // core_router.cc
+void bind_router(py::module_& m);          // core_router.cc
+void bind_program_policy(py::module_& m);  // core_policy.cc
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyserve C++ scheduling core";
   bind_config(m);
   bind_plan(m);
+  bind_report(m);
   bind_programs(m);
   bind_scheduler(m);
   bind_allocator(m);
   bind_router(m);
+  bind_program_policy(m);
   m.def("policy_names", &policy_names);
   m.def("hash_string", &hash_string);
   m.def("hash_block", [](uint64_t parent, const std::vector<TokenId>& t, uint64_t salt) {

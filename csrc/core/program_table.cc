@@ -35,6 +35,7 @@ void ProgramTable::erase_live(const std::string& id) {
 
 void ProgramTable::start(const std::string& id, double now) {
   if (id.empty()) throw std::invalid_argument("program id must not be empty");
+  std::lock_guard<std::mutex> lock(mu_);
   if (live_.count(id)) throw std::invalid_argument("program '" + id + "' is already started");
   if (max_programs_ > 0 && live_.size() >= max_programs_)
     throw ProgramTableFull("the program table is full (" + std::to_string(max_programs_) +
@@ -45,6 +46,7 @@ void ProgramTable::start(const std::string& id, double now) {
 }
 
 void ProgramTable::end(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = live_.find(id);
   if (it == live_.end()) throw std::invalid_argument("unknown program '" + id + "'");
   if (it->second->active_calls == 0) {
@@ -57,16 +59,21 @@ void ProgramTable::end(const std::string& id) {
 }
 
 const ProgramEntry* ProgramTable::find(const std::string& id) const {
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = live_.find(id);
   return it == live_.end() ? nullptr : it->second.get();
 }
 
 ProgramEntry& ProgramTable::touch(const std::string& id, double now) {
-  auto it = live_.find(id);
-  ProgramEntry& e = it == live_.end() ? create(id, now) : *it->second;
-  e.last_arrival = std::max(e.last_arrival, now);
-  if (e.active_calls == 0) set_idle(e);  // re-keyed by its new activity
-  return e;
+  ProgramEntry* e = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = live_.find(id);
+    e = it == live_.end() ? &create(id, now) : it->second.get();
+  }
+  e->last_arrival = std::max(e->last_arrival, now);
+  if (e->active_calls == 0) set_idle(*e);  // re-keyed by its new activity
+  return *e;
 }
 
 ProgramEntry& ProgramTable::call_arrived(const std::string& id, double now) {
@@ -78,6 +85,7 @@ ProgramEntry& ProgramTable::call_arrived(const std::string& id, double now) {
 }
 
 bool ProgramTable::mark_coming_back(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = live_.find(id);
   if (it == live_.end()) return false;
   it->second->coming_back = true;
@@ -91,6 +99,12 @@ bool ProgramTable::coming_back(const std::string& id) const {
 
 void ProgramTable::call_finished(ProgramEntry& e, double call_service, double call_wait,
                                  double now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  finish_entry(e, call_service, call_wait, now);
+}
+
+void ProgramTable::finish_entry(ProgramEntry& e, double call_service, double call_wait,
+                                double now) {
   e.service += call_service;
   e.wait += call_wait;
   e.active_calls = std::max(0, e.active_calls - 1);
@@ -110,16 +124,18 @@ void ProgramTable::call_finished(ProgramEntry& e, double call_service, double ca
 
 void ProgramTable::call_finished(const std::string& id, double call_service, double call_wait,
                                  double now) {
+  std::lock_guard<std::mutex> lock(mu_);
   auto r = retired_.find(id);
   if (r != retired_.end()) {
-    call_finished(*r->second.front(), call_service, call_wait, now);
+    finish_entry(*r->second.front(), call_service, call_wait, now);
     return;
   }
   auto it = live_.find(id);
-  if (it != live_.end()) call_finished(*it->second, call_service, call_wait, now);
+  if (it != live_.end()) finish_entry(*it->second, call_service, call_wait, now);
 }
 
 int ProgramTable::collect(double now) {
+  std::lock_guard<std::mutex> lock(mu_);
   int n = 0;
   while (!idle_.empty() && now - idle_.begin()->first >= ttl_s_) {
     std::string id = idle_.begin()->second->id;
@@ -131,12 +147,14 @@ int ProgramTable::collect(double now) {
 }
 
 size_t ProgramTable::num_retired() const {
+  std::lock_guard<std::mutex> lock(mu_);
   size_t n = 0;
   for (const auto& [id, gens] : retired_) n += gens.size();
   return n;
 }
 
 std::vector<std::string> ProgramTable::ids() const {
+  std::lock_guard<std::mutex> lock(mu_);
   std::vector<std::string> out;
   out.reserve(live_.size());
   for (const auto& [id, e] : live_) out.push_back(id);
@@ -144,12 +162,14 @@ std::vector<std::string> ProgramTable::ids() const {
 }
 
 std::vector<std::string> ProgramTable::take_expired() {
+  std::lock_guard<std::mutex> lock(mu_);
   std::vector<std::string> out;
   out.swap(expired_);
   return out;
 }
 
 void ProgramTable::check() const {
+  std::lock_guard<std::mutex> lock(mu_);
   size_t idle = 0;
   for (const auto& [id, e] : live_) {
     if (e->id != id || e->ended) throw std::logic_error("program '" + id + "': bad live entry");

@@ -49,20 +49,20 @@ SeqId Scheduler::add_request(RequestSpec spec) {
   slots_[id] = std::move(r);
   Request& q = *slots_[id];
   ids_.emplace(q.spec.request_id, id);
-  // An untagged call is its own one-call program, kept in the request and never in the table.
-  if (q.spec.program_id.empty()) {
-    q.solo_program.last_arrival = q.solo_program.last_completion = now_;
-    q.solo_program.active_calls = 1;
-    q.program = &q.solo_program;
-  } else {
+  if (q.tagged()) {
     q.program = &programs_->call_arrived(q.spec.program_id, now_);
+  } else {  // an untagged call is its own one-call program, kept out of the shared table
+    q.solo.active_calls = 1;
+    q.solo.last_arrival = q.solo.last_completion = now_;
+    q.program = &q.solo;
   }
   policy_->on_arrival(q, now_);
   enqueue(waiting_, q);
   return id;
 }
 
-void Scheduler::abort(const std::string& request_id) {
+FinishedCall Scheduler::finish(const std::string& request_id, FinishReason reason) {
+  if (reason == FinishReason::kNone) throw std::invalid_argument("finish needs a reason");
   auto it = ids_.find(request_id);
   if (it == ids_.end()) throw std::invalid_argument("unknown request id '" + request_id + "'");
   Request& r = req(it->second);
@@ -70,7 +70,8 @@ void Scheduler::abort(const std::string& request_id) {
   if (r.status == Status::kSwapped) dequeue(swapped_, r);
   if (r.status == Status::kRunning)
     running_.erase(std::find(running_.begin(), running_.end(), r.id));
-  finish(r, FinishReason::kAbort);
+  finish(r, reason);
+  return finished_call(r);
 }
 
 Key Scheduler::make_key(const Request& r) const {

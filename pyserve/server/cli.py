@@ -74,7 +74,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     for name, typ in ENGINE_OPTIONS.items():
         p.add_argument("--" + name.replace("_", "-"), type=typ, default=None)
-    from pyserve.dist.cli import register_serve_args
+    from pyserve.cluster.cli import register_serve_args
 
     register_serve_args(p)  # --replicas K [--ray-address ADDR]: replicas on Ray behind the router
     p.set_defaults(func=run_serve)
@@ -87,7 +87,11 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     kw["policy"] = args.policy
     if args.no_prefix_caching:
         kw["enable_prefix_caching"] = False
-    options = dict(_policy_option(o) for o in args.policy_option)
+    options = {}
+    if args.policy_option:
+        from pyserve.config import parse_policy_options
+
+        options = parse_policy_options(args.policy_option)
     if getattr(args, "max_programs", None) is not None:
         options.setdefault("max_programs", args.max_programs)
     if options:
@@ -95,24 +99,10 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     return kw
 
 
-def _policy_option(text: str) -> tuple[str, int | float]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--policy-option needs KEY=VALUE, got {text!r}")
-    try:
-        return key, int(value)
-    except ValueError:
-        pass
-    try:
-        return key, float(value)
-    except ValueError:
-        raise ValueError(f"--policy-option {key}: {value!r} is not a number") from None
-
-
 def run_serve(args: argparse.Namespace) -> int:
     """Loads the model, starts the async engine and serves until interrupted."""
+    from pyserve.cluster.cli import build_cluster, wants_cluster
     from pyserve.config import EngineConfig
-    from pyserve.dist.cli import build_cluster, wants_cluster
     from pyserve.engine.async_engine import AsyncEngine
     from pyserve.server.app import build_app
     from pyserve.server.runner import make_server

@@ -1,8 +1,8 @@
 """Pydantic models of the OpenAI-compatible API (requests, responses, stream chunks, errors).
 
-Fields beyond OpenAI's (vLLM-style sampling extensions and the program tags ``program_id``,
-``thread_id``, ``parent_ids``, ``priority``; ``session_id`` is an alias of ``program_id``) are
-sent by the openai client as ``extra_body``.
+Fields beyond OpenAI's (vLLM-style sampling extensions, ``program_id`` with its alias
+``session_id``, and ``priority``) are sent by the openai client as ``extra_body``; ``thread_id`` /
+``parent_ids`` are declared only so that they are answered with a 400 (no policy uses them).
 Unknown fields are ignored, as vLLM does.
 
 NOTE: every list has a length cap, so a hostile body fails at its first bad list instead of

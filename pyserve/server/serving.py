@@ -17,13 +17,12 @@ from starlette.requests import Request
 
 from pyserve._core import ProgramTableFull
 from pyserve.engine.client import EngineClient, EngineDeadError, EngineError
-from pyserve.engine.engine import expand_n
+from pyserve.engine.engine import check_prompt_length, expand_n
 from pyserve.engine.outputs import RequestOutput
 from pyserve.sampling_params import SamplingParams
 from pyserve.server.errors import OpenAIError, bad_request
 from pyserve.server.metrics import ServerMetrics
 from pyserve.server.program_ids import check_program_id
-from pyserve.server.prompts import too_long
 from pyserve.server.protocol import SamplingFields
 
 # Cap on logprob entries one request may ask for: sum over choices of max_tokens x
@@ -40,30 +39,30 @@ class ProgramTags:
     """Program (session) tags of a call; all empty for a plain OpenAI call."""
 
     program_id: str | None = None
-    thread_id: str | None = None
-    parent_ids: tuple[str, ...] = ()
 
 
 def program_tags(body: SamplingFields, request: Request) -> ProgramTags:
     """Tags from the body, else from the headers.
 
     The program id is ``program_id``, its alias ``session_id`` (vLLM's and SGLang's name), or
-    the ``X-Program-Id`` / ``X-Session-ID`` header; the thread id ``thread_id`` or
-    ``X-Thread-Id``. 400 when the body names two different programs, or for an id that breaks
-    the id rule (``pyserve.server.program_ids``).
+    the ``X-Program-Id`` / ``X-Session-ID`` header. 400 when the body names two different
+    programs, for an id that breaks the id rule (``pyserve.server.program_ids``), and for
+    ``thread_id`` / ``parent_ids`` / ``X-Thread-Id``: no scheduling policy reads them.
     """
     h = request.headers
     if body.program_id and body.session_id and body.program_id != body.session_id:
         raise bad_request("session_id is an alias of program_id; they name different programs",
                           param="session_id")  # fmt: skip
-    pid = body.program_id or body.session_id
+    for name, given in (("thread_id", body.thread_id or h.get("x-thread-id")),
+                        ("parent_ids", body.parent_ids)):  # fmt: skip
+        if given:
+            raise bad_request(f"{name} is not supported (no scheduling policy uses it)",
+                              param=name)  # fmt: skip
+    pid = body.program_id or body.session_id  # NOTE: body ids are checked by the protocol
     for header in ("X-Program-Id", "X-Session-ID"):
         if pid is None and h.get(header):
             pid = check_program_id(h[header], header)
-    tid = body.thread_id or h.get("x-thread-id") or None
-    if tid is not None and len(tid) > 256:
-        raise bad_request("thread_id is longer than 256 characters", param="thread_id")
-    return ProgramTags(pid, tid, tuple(body.parent_ids))
+    return ProgramTags(pid)
 
 
 async def ensure_program(client: EngineClient, program_id: str | None) -> bool:
@@ -88,9 +87,12 @@ def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int 
     ``overrides`` replaces fields the endpoint decides (e.g. ``skip_special_tokens`` for a
     tool-call format whose markers are special tokens).
     """
+    try:
+        check_prompt_length(prompt_len, max_model_len)
+    except ValueError as exc:
+        code = "context_length_exceeded" if prompt_len else None
+        raise bad_request(str(exc), param="prompt", code=code) from None
     room = max_model_len - prompt_len
-    if room < 1:
-        raise too_long(prompt_len, max_model_len)
     if max_tokens is not None and max_tokens > room:
         raise bad_request(f"this model's maximum context length is {max_model_len} tokens; you "
                           f"requested {prompt_len + max_tokens} tokens ({prompt_len} in the "
@@ -179,8 +181,7 @@ class Job:
         for p_idx, (ids, sp) in enumerate(zip(prompts, params)):
             base = self.id if len(prompts) == 1 else f"{self.id}-p{p_idx}"
             for rid, sub, i in expand_n(base, sp):
-                gen = client.generate(rid, ids, sub, priority=priority, program_id=tags.program_id,
-                                      thread_id=tags.thread_id, parent_ids=tags.parent_ids)  # fmt: skip
+                gen = client.generate(rid, ids, sub, priority=priority, program_id=tags.program_id)
                 self._tasks.append(asyncio.create_task(self._pump(p_idx * self.n + i, gen)))
         self._remaining = len(self._tasks)
 

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstddef>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -46,7 +47,10 @@ struct ProgramTableFull : std::runtime_error {
 /// Ending a program frees its id at once: an entry with running calls is retired (kept, out of
 /// the id index, until its last call finishes), so a later start or call with the same id gets
 /// a fresh entry and never the old program's state.
-/// NOTE: not thread-safe; schedulers sharing a table must run on one thread (or be serialised).
+/// NOTE: schedulers sharing a table must run on one thread (or be serialised). Membership
+/// queries (contains, find, size, num_retired, ids) may come from other threads: every change to
+/// the set of entries (live, retired, expired) holds `mu_`. Entry fields and the idle index are
+/// only touched by the schedulers' thread.
 /// NOTE: entries live in unique_ptrs, so ProgramEntry& stays valid while the entry exists (the
 /// table never drops an entry with active calls).
 class ProgramTable {
@@ -62,7 +66,10 @@ class ProgramTable {
   /// active calls the retired entry goes when the last one finishes.
   void end(const std::string& id);
   /// Whether the id names a live (started or called, not ended, not expired) program.
-  bool contains(const std::string& id) const { return live_.count(id) != 0; }
+  bool contains(const std::string& id) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return live_.count(id) != 0;
+  }
   /// The live entry of `id`, or nullptr.
   const ProgramEntry* find(const std::string& id) const;
   /// The live entry for a new call (created implicitly when missing); counts the call as active.
@@ -82,7 +89,10 @@ class ProgramTable {
   /// Removes idle programs: no active call and no activity for ttl seconds. Returns how many.
   int collect(double now);
   /// Live programs (retired entries excluded).
-  size_t size() const { return live_.size(); }
+  size_t size() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return live_.size();
+  }
   /// Retired entries: ended programs whose calls still run.
   size_t num_retired() const;
   double ttl() const { return ttl_s_; }
@@ -97,14 +107,17 @@ class ProgramTable {
   void check() const;
 
  private:
+  // NOTE: create and erase_live change membership: callers hold mu_.
   ProgramEntry& create(const std::string& id, double now);
   void set_idle(ProgramEntry& e);
   void unset_idle(ProgramEntry& e);
   void erase_live(const std::string& id);
+  void finish_entry(ProgramEntry& e, double call_service, double call_wait, double now);
 
   double ttl_s_;
   size_t max_programs_;
   bool keep_expired_ = false;
+  mutable std::mutex mu_;  // NOTE: guards live_, retired_ and expired_ membership
   std::unordered_map<std::string, std::unique_ptr<ProgramEntry>> live_;
   // id -> retired generations with running calls, oldest first (usually zero or one).
   std::unordered_map<std::string, std::vector<std::unique_ptr<ProgramEntry>>> retired_;
