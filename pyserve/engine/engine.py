@@ -24,6 +24,7 @@ from pyserve.model.loader import load_model, parse_dtype
 from pyserve.model.sampler import SamplingBatch
 from pyserve.model.tokenizer import load_tokenizer
 from pyserve.sampling_params import SamplingParams
+from pyserve.structured.manager import StructuredOutputManager
 
 
 class Engine:
@@ -56,6 +57,7 @@ class Engine:
             from pyserve.ltr import Ranker
 
             self.ranker = Ranker.load(config.scheduler.ltr_model)
+        self.structured: StructuredOutputManager | None = None  # built by the first constraint
         self._t0 = time.monotonic()
         self.last_step: dict[str, float] = {}
 
@@ -97,6 +99,9 @@ class Engine:
         if len(ids) >= self.max_model_len:
             raise ValueError(f"prompt of {len(ids)} tokens leaves no room to generate within "
                              f"max_model_len={self.max_model_len}")  # fmt: skip
+        grammar = None
+        if params.structured_outputs is not None:
+            grammar = self._structured().compile(params.structured_outputs)
         if ltr_score is None:
             ltr_score = self.score_prompt(text, ids)
         max_tokens = params.max_tokens
@@ -119,6 +124,14 @@ class Engine:
             ltr_score=float(ltr_score),
         )
         self.states[sid] = RequestState(request_id, text, ids, params, self.tokenizer, now, index)
+        if grammar is not None:
+            self.structured.add(sid, grammar)
+
+    def _structured(self) -> StructuredOutputManager:
+        if self.structured is None:
+            self.structured = StructuredOutputManager(self.tokenizer, self.model.config.vocab_size,
+                                                      self.eos_token_ids)  # fmt: skip
+        return self.structured
 
     def score_prompt(self, text: str | None, ids: list[int]) -> float:
         """The ranker's score (lower = predicted shorter), scored once on arrival; 0 without one."""
@@ -135,6 +148,8 @@ class Engine:
             raise ValueError(f"unknown request id {request_id!r}")
         self.core.abort(request_id)
         self.states.pop(sid, None)
+        if self.structured is not None:
+            self.structured.remove(sid)
 
     def has_unfinished(self) -> bool:
         return self.core.has_unfinished()
@@ -166,15 +181,18 @@ class Engine:
         t1 = time.perf_counter()
         rows = np.asarray(plan.seq_ids)[np.asarray(plan.sample_seq_idx)]
         states = [self.states[int(s)] for s in rows]
-        out = self.runner.execute(plan, self._sampling_batch(states) if states else None)
+        # NOTE: structured rows' masks are filled on a worker thread while the model runs.
+        mask = self.structured.fill_async(rows) if self.structured and states else None
+        out = self.runner.execute(plan, self._sampling_batch(states) if states else None, mask)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
         tokens = (out.token_ids.to(torch.int32).cpu().numpy() if out is not None
                   else np.zeros(0, dtype=np.int32))  # fmt: skip
         finished = self.core.update(tokens, t2 - t1)
+        ended = self.structured.accept(rows, tokens) if self.structured and states else []
         t3 = time.perf_counter()
-        outputs = self._postprocess(plan, rows, states, tokens, out, finished)
+        outputs = self._postprocess(plan, rows, states, tokens, out, finished, ended)
         t4 = time.perf_counter()
         self.last_step = {"schedule_s": t1 - t0, "execute_s": t2 - t1, "update_s": t3 - t2,
                           "postprocess_s": t4 - t3, "num_tokens": plan.num_tokens}  # fmt: skip
@@ -191,7 +209,9 @@ class Engine:
             self.device,
         )
 
-    def _postprocess(self, plan, rows, states, tokens, out, finished) -> list[RequestOutput]:
+    def _postprocess(self, plan, rows, states, tokens, out, finished,
+                     ended=()) -> list[RequestOutput]:  # fmt: skip
+        """``ended``: sequences whose grammar terminated (finished with ``stop``)."""
         now = self.now()
         touched: dict[int, RequestState] = {}
         # NOTE: a request is first scheduled as a prefill, so decodes (the bulk) are skipped.
@@ -209,7 +229,14 @@ class Engine:
                 st.request_id) >= 0:  # fmt: skip
                 self.core.abort(st.request_id)  # a stop string ended it
                 finished.append((sid, "stop"))
+        for sid in ended:
+            st = self.states.get(sid)
+            if st is not None and self.core.find(st.request_id) >= 0:
+                self.core.abort(st.request_id)  # its grammar admits nothing more
+                finished.append((sid, "stop"))
         for sid, reason in finished:
+            if self.structured is not None:
+                self.structured.remove(sid)
             st = self.states.pop(sid, None)
             if st is not None:
                 st.finish(reason, now)

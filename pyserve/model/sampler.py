@@ -168,18 +168,25 @@ def apply_filters(scaled: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
 class Sampler:
     """Samples one token per row of ``logits [N, V]`` (float32) under a :class:`SamplingBatch`.
 
-    Order: banned tokens, penalties, temperature (0 ⇒ greedy), min-p, top-k, top-p, then a draw
+    Order: the grammar's ``token_bitmask`` (int32 ``[N, ceil(V / 32)]``, bit ``v % 32`` of word
+    ``v // 32`` set = token ``v`` allowed; from structured outputs), banned tokens, penalties, temperature (0 ⇒ greedy), min-p, top-k, top-p, then a draw
     by the exponential race ``argmax(p / E)``, ``E ~ Exp(1)`` (one draw per row from the row's
     generator when seeded). Logprobs are ``log_softmax`` of the penalised, temperature-scaled
     logits (temperature 1 for greedy rows) before the top-k/top-p/min-p filters.
     """
 
     def __call__(
-        self, logits: torch.Tensor, batch: SamplingBatch, generator: torch.Generator | None = None
+        self,
+        logits: torch.Tensor,
+        batch: SamplingBatch,
+        generator: torch.Generator | None = None,
+        token_bitmask: torch.Tensor | None = None,
     ) -> SamplerOutput:
         if logits.dim() != 2 or logits.shape[0] != batch.temperature.shape[0]:
             raise ValueError(f"logits must be [N, V] with N = {batch.temperature.shape[0]} rows")
         logits = logits.float()
+        if token_bitmask is not None:
+            logits = apply_token_bitmask(logits, token_bitmask)
         if batch.banned_token_ids is not None:
             logits = _ban(logits, batch.banned_token_ids)
         if batch.any_penalty and batch.output_token_ids is not None:
@@ -215,6 +222,18 @@ class Sampler:
             top = logprobs.topk(min(batch.num_logprobs, logprobs.shape[1]), dim=1)
             out.topn_ids, out.topn_logprobs = top.indices, top.values
         return out
+
+
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    """Sets disallowed tokens to -inf, out of place (xgrammar's kernel for the device)."""
+    import xgrammar
+
+    if bitmask.shape[0] != logits.shape[0]:
+        raise ValueError(f"token_bitmask has {bitmask.shape[0]} rows for {logits.shape[0]} logits")
+    out = logits.clone()
+    # NOTE: the mask is filled on the CPU; it moves to the logits' device here.
+    xgrammar.apply_token_bitmask_inplace(out, bitmask.to(out.device), vocab_size=out.shape[1])
+    return out
 
 
 def _ban(logits: torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
