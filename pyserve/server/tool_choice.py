@@ -26,9 +26,12 @@ def tool_choice_schema(tools: list[Any], choice: Any) -> dict[str, Any]:
     if choice != "required":
         return params[choice.function.name]
     one_of = [
-        {"type": "object",
-         "properties": {"name": {"type": "string", "enum": [name]}, "parameters": schema},
-         "required": ["name", "parameters"], "additionalProperties": False}  # fmt: skip
+        {
+            "type": "object",
+            "properties": {"name": {"type": "string", "enum": [name]}, "parameters": schema},
+            "required": ["name", "parameters"],
+            "additionalProperties": False,
+        }  # fmt: skip
         for name, schema in params.items()
     ]
     return {"type": "array", "minItems": 1, "items": {"anyOf": one_of}}

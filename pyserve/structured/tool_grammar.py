@@ -16,15 +16,15 @@ lets a grammar emit a special token); tool parsers read the decoded text.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pyserve.structured.errors import StructuredOutputError
+from pyserve.structured.errors import StructuredOutputError, require_xgrammar
 from pyserve.structured.params import StructuredOutputsParams
 from pyserve.structured.schema import bound_strings, check_json_schema, load_schema, map_subschemas
 
 TOOL_CALL_FORMATS = ("hermes", "llama3_json", "mistral")
-MAX_WHITESPACE = 16  # free whitespace characters between two JSON tokens of a call
 _ARGS_KEY = {"hermes": "arguments", "llama3_json": "parameters", "mistral": "arguments"}
 
 
@@ -81,7 +81,7 @@ def _functions(tools: Sequence[Any] | None) -> dict[str, dict]:
             {"type": "object", "properties": {}} if schema is None else load_schema(schema, param)
         )
         check_json_schema(schema, param)
-        out[name] = map_subschemas(close_objects(schema), bound_strings)
+        out[name] = map_subschemas(schema, bound_strings)
     return out
 
 
@@ -96,13 +96,17 @@ def _named_choice(choice: Any) -> str:
 
 
 def _call_format(name: str, params: dict, fmt: str) -> dict:
+    """One call as one-line JSON (``", "`` / ``": "`` separators), objects closed to their
+    listed properties (xgrammar's strict mode), so a call carries only declared arguments."""
+    xgr = require_xgrammar()
     schema = {
         "type": "object",
         "properties": {"name": {"const": name}, _ARGS_KEY[fmt]: params},
         "required": ["name", _ARGS_KEY[fmt]],
-        "additionalProperties": False,
     }
-    return {"type": "json_schema", "json_schema": schema, "max_whitespace_cnt": MAX_WHITESPACE}
+    grammar = xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False,
+                                           strict_mode=True)  # fmt: skip
+    return {"type": "grammar", "grammar": str(grammar)}
 
 
 def _calls_format(call: dict, fmt: str, many: bool) -> dict:
@@ -115,20 +119,6 @@ def _calls_format(call: dict, fmt: str, many: bool) -> dict:
         one, sep, head, tail = call, ", ", [_const("[TOOL_CALLS][")], [_const("]")]
     more = [{"type": "star", "content": _seq(_const(sep), one)}] if many else []
     return _seq(*head, one, *more, *tail)
-
-
-def close_objects(schema: Any) -> Any:
-    """A copy of ``schema`` whose objects admit only their listed properties (unless a schema
-    says otherwise), so a call carries only the declared arguments."""
-    return map_subschemas(schema, _close)
-
-
-def _close(node: dict) -> dict:
-    if (
-        node.get("type") == "object" or "properties" in node
-    ) and "additionalProperties" not in node:
-        node["additionalProperties"] = False
-    return node
 
 
 def _seq(*elements: dict) -> dict:
