@@ -129,8 +129,8 @@ class Engine:
 
     def _structured(self) -> StructuredOutputManager:
         if self.structured is None:
-            self.structured = StructuredOutputManager(self.tokenizer, self.model.config.vocab_size,
-                                                      self.eos_token_ids)  # fmt: skip
+            self.structured = StructuredOutputManager.for_tokenizer(
+                self.tokenizer, self.model.config.vocab_size, self.eos_token_ids)  # fmt: skip
         return self.structured
 
     def score_prompt(self, text: str | None, ids: list[int]) -> float:

@@ -25,16 +25,21 @@ class StructuredOutputManager:
     fill to a private worker and the caller must resolve its future before ``accept``.
     """
 
-    def __init__(self, tokenizer, vocab_size: int, stop_token_ids: Sequence[int],
-                 max_threads: int = 2) -> None:  # fmt: skip
+    def __init__(self, info, max_threads: int = 2) -> None:
+        """``info``: the ``xgrammar.TokenizerInfo`` of the model (see :meth:`for_tokenizer`)."""
         self._xgr = require_xgrammar()
-        self.vocab_size = vocab_size
-        self.grammars = GrammarCache(tokenizer_info(tokenizer, vocab_size, stop_token_ids),
-                                     max_threads=max_threads)  # fmt: skip
+        self.vocab_size = info.vocab_size
+        self.grammars = GrammarCache(info, max_threads=max_threads)
         self._matchers: dict[int, object] = {}
         self._batch = self._xgr.BatchGrammarMatcher(max_threads)
-        self._bitmask = self._xgr.allocate_token_bitmask(1, vocab_size)  # grows with the batch
+        self._bitmask = self._xgr.allocate_token_bitmask(1, self.vocab_size)  # grows with the batch
         self._pool: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, vocab_size: int, stop_token_ids: Sequence[int],
+                      max_threads: int = 2) -> StructuredOutputManager:  # fmt: skip
+        """A manager for a model's tokenizer, logits width and EOS ids."""
+        return cls(tokenizer_info(tokenizer, vocab_size, stop_token_ids), max_threads)
 
     # -- sequences -----------------------------------------------------------------------------
     def compile(self, params: StructuredOutputsParams):
