@@ -75,7 +75,7 @@ def test_strict_closes_objects_and_json_object(llm):
 
 
 def test_choice_regex_grammar(llm):
-    choices = ["yes", "no", "maybe \"so\""]
+    choices = ["yes", "no", 'maybe "so"']
     outs = _run(llm, StructuredOutputsParams(choice=choices), range(16))
     assert {o.text for o in _check_stopped(outs, 1.0)} <= set(choices)
     outs = _run(llm, StructuredOutputsParams(regex=r"[a-c]{3}-\d{2}"), range(16))

@@ -71,8 +71,12 @@ def check_json_schema(schema: dict | bool, param: str) -> None:
 
 def _check_meta(schema: dict | bool, param: str) -> None:
     """Validates against the JSON Schema 2020-12 meta-schema (jsonschema)."""
-    import jsonschema
-
+    try:
+        import jsonschema
+    except ImportError as exc:  # pragma: no cover - jsonschema is in the serve and dev extras
+        raise ValueError(
+            "JSON schema outputs need jsonschema: pip install 'pyserve[serve]'"
+        ) from exc
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     errors = sorted(cls(cls.META_SCHEMA).iter_errors(schema), key=lambda e: list(e.path))
     if errors:
