@@ -133,6 +133,7 @@ def test_abort_drops_the_matcher(llm):
         ({"json": {"type": "object", "properties": {"a": {"not": {}}}}},
          "structured_outputs.json.properties.a.not"),
         ({"json": {"type": "number", "multipleOf": 3}}, "structured_outputs.json.multipleOf"),
+        ({"json": {"allOf": [{"type": "integer"}, {"maximum": 3}]}}, "structured_outputs.json.allOf"),
         ({"json": {"type": "string", "format": "zip"}}, "structured_outputs.json.format"),
         ({"json": {"type": "string", "pattern": "a+", "maxLength": 3}},
          "structured_outputs.json.pattern"),

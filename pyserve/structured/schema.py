@@ -92,6 +92,10 @@ def _walk(node: Any, path: str, depth: int) -> None:
     for key, what in UNSUPPORTED.items():
         if key in node:
             raise StructuredOutputError(f"{what} ({key!r}) is not supported", f"{path}.{key}")
+    if len(node.get("allOf") or ()) > 1:
+        # NOTE: xgrammar 0.2.9 does not intersect allOf branches; one branch is just that schema.
+        raise StructuredOutputError("allOf with more than one schema is not supported",
+                                    f"{path}.allOf")  # fmt: skip
     if "pattern" in node and ("minLength" in node or "maxLength" in node):
         # NOTE: xgrammar drops the length bounds of a string that also has a pattern.
         raise StructuredOutputError("pattern together with minLength/maxLength is not supported: "
