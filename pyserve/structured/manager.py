@@ -64,28 +64,40 @@ class StructuredOutputManager:
 
         NOTE: the tensor is a view of a buffer reused by the next call.
         """
-        live = [(i, self._matchers[int(s)]) for i, s in enumerate(rows)
-                if int(s) in self._matchers]  # fmt: skip
-        live = [(i, m) for i, m in live if not m.is_terminated()]
+        live = self._live(rows)
+        return self._fill(len(rows), live) if live else None
+
+    def fill_async(self, rows: Sequence[int]) -> Future | None:
+        """:meth:`bitmask_for` on a worker thread (None when no row is constrained).
+
+        NOTE: the live matchers are picked here, on the caller's thread, so the worker never
+        reads the matcher table while the engine adds or removes sequences.
+        """
+        live = self._live(rows)
         if not live:
             return None
-        n = len(rows)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="pyserve-grammar")
+        return self._pool.submit(self._fill, len(rows), live)
+
+    def _live(self, rows: Sequence[int]) -> list[tuple[int, object]]:
+        """(row index, matcher) of the constrained rows whose grammar still runs."""
+        out = []
+        for i, s in enumerate(rows):
+            m = self._matchers.get(int(s))
+            if m is not None and not m.is_terminated():
+                out.append((i, m))
+        return out
+
+    def _fill(self, n: int, live: list[tuple[int, object]]) -> torch.Tensor:
         if self._bitmask.shape[0] < n:
-            self._bitmask = self._xgr.allocate_token_bitmask(max(n, 2 * self._bitmask.shape[0]),
-                                                             self.vocab_size)  # fmt: skip
+            rows = max(n, 2 * self._bitmask.shape[0])
+            self._bitmask = self._xgr.allocate_token_bitmask(rows, self.vocab_size)
         mask = self._bitmask[:n]
         mask.fill_(-1)
         idx, matchers = zip(*live)
         self._batch.batch_fill_next_token_bitmask(list(matchers), mask, list(idx))
         return mask
-
-    def fill_async(self, rows: Sequence[int]) -> Future | None:
-        """:meth:`bitmask_for` on a worker thread (None when no row is constrained)."""
-        if not any(int(s) in self._matchers for s in rows):
-            return None
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="pyserve-grammar")
-        return self._pool.submit(self.bitmask_for, list(rows))
 
     def accept(self, rows: Sequence[int], tokens: Sequence[int]) -> list[int]:
         """Advances each constrained row by its sampled token; returns the sequence ids whose
