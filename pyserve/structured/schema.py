@@ -60,6 +60,8 @@ def load_schema(schema: Any, param: str) -> dict | bool:
 
 def check_json_schema(schema: dict | bool, param: str) -> None:
     """Raises :class:`StructuredOutputError` (a ValueError) naming the first bad field."""
+    if _depth(schema) > 2 * MAX_SCHEMA_DEPTH:
+        raise StructuredOutputError(f"nested deeper than {2 * MAX_SCHEMA_DEPTH} levels", param)
     _check_meta(schema, param)
     _walk(schema, param, 0)
     xgr = require_xgrammar()
@@ -84,15 +86,28 @@ def _check_meta(schema: dict | bool, param: str) -> None:
         raise StructuredOutputError(f"invalid JSON schema: {err.message}", _join(param, err.path))
 
 
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value (iterative, so a deep value cannot blow the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+    return deepest
+
+
 def _walk(node: Any, path: str, depth: int) -> None:
-    if isinstance(node, bool):
-        return
+    if not isinstance(node, dict):
+        return  # booleans; anything else was refused by the meta-schema
     if depth > MAX_SCHEMA_DEPTH:
         raise StructuredOutputError(f"nested deeper than {MAX_SCHEMA_DEPTH} levels", path)
     for key, what in UNSUPPORTED.items():
         if key in node:
             raise StructuredOutputError(f"{what} ({key!r}) is not supported", f"{path}.{key}")
-    if len(node.get("allOf") or ()) > 1:
+    if isinstance(node.get("allOf"), list) and len(node["allOf"]) > 1:
         # NOTE: xgrammar 0.2.9 does not intersect allOf branches; one branch is just that schema.
         raise StructuredOutputError("allOf with more than one schema is not supported",
                                     f"{path}.allOf")  # fmt: skip
@@ -107,11 +122,13 @@ def _walk(node: Any, path: str, depth: int) -> None:
             f"{path}.format",
         )
     for key in _SCHEMA_MAPS:
-        for name, sub in (node.get(key) or {}).items():
-            _walk(sub, f"{path}.{key}.{name}", depth + 1)
+        if isinstance(node.get(key), dict):
+            for name, sub in node[key].items():
+                _walk(sub, f"{path}.{key}.{name}", depth + 1)
     for key in _SCHEMA_LISTS:
-        for i, sub in enumerate(node.get(key) or ()):
-            _walk(sub, f"{path}.{key}[{i}]", depth + 1)
+        if isinstance(node.get(key), list):
+            for i, sub in enumerate(node[key]):
+                _walk(sub, f"{path}.{key}[{i}]", depth + 1)
     for key in _SCHEMA_ONES:
         if isinstance(node.get(key), dict):
             _walk(node[key], f"{path}.{key}", depth + 1)
