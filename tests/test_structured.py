@@ -158,6 +158,10 @@ def test_sampling_params_checks():
         SamplingParams(min_tokens=2, structured_outputs=so)
     with pytest.raises(TypeError, match="StructuredOutputsParams"):
         SamplingParams(structured_outputs={"json": {}})
+    a = StructuredOutputsParams(json={"type": "array", "maxItems": 2})
+    b = StructuredOutputsParams(json='{"maxItems": 2, "type": "array"}')
+    assert a == b and hash(SamplingParams(structured_outputs=a)) == hash(
+        SamplingParams(structured_outputs=b))  # fmt: skip
 
 
 def test_sampler_applies_the_bitmask():

@@ -73,6 +73,9 @@ class StructuredOutputsParams:
         """Which constraint is set: one of ``KINDS``."""
         return next(k for k in KINDS if getattr(self, k) not in (None, False))
 
+    def __hash__(self) -> int:  # NOTE: a schema dict is unhashable; its canonical key is not
+        return hash(self.key())
+
     def key(self) -> tuple:
         """The compiled-grammar cache key: the canonical constraint plus the options."""
         value = getattr(self, self.kind)
