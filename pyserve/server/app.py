@@ -145,8 +145,11 @@ def _add_generation_routes(app: FastAPI, state: ServerState) -> None:
     async def completions(body: CompletionRequest, request: Request):
         state.check_model(body.model)
         if body.echo and body.logprobs is not None:
-            raise bad_request("echo with logprobs needs prompt logprobs, which this engine does "
-                              "not compute; send echo or logprobs, not both", param="logprobs")
+            raise bad_request(
+                "echo with logprobs needs prompt logprobs, which this engine does "
+                "not compute; send echo or logprobs, not both",
+                param="logprobs",
+            )
         prompts = _completion_prompts(state, body.prompt)
         # NOTE: echo text is decoded lazily, once the engine has validated the prompt ids.
         echo = _EchoText(state.client.tokenizer, prompts) if body.echo else None

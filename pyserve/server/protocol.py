@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pyserve.sampling_params import MAX_LOGPROBS
+from pyserve.server.response_format import ResponseFormat
 from pyserve.server.tools import ToolCallItem, ToolFields
 
 MAX_N = 16  # choices per request
@@ -80,6 +81,7 @@ class SamplingFields(BaseModel):
     session_id: TagId | None = None
     thread_id: TagId | None = None
     parent_ids: list[TagId] = Field(default_factory=list, max_length=1024)
+    response_format: ResponseFormat | None = None
 
 
 class CompletionRequest(SamplingFields):
