@@ -39,11 +39,12 @@ _require_core()
 
 from pyserve.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig  # noqa: E402
 from pyserve.sampling_params import SamplingParams  # noqa: E402
+from pyserve.structured.params import StructuredOutputsParams  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["LLM", "CacheConfig", "EngineConfig", "ModelConfig", "Program", "SamplingParams",
-           "SchedulerConfig"]  # fmt: skip
+           "SchedulerConfig", "StructuredOutputsParams"]  # fmt: skip
 
 
 def __getattr__(name: str):

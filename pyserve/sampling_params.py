@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from pyserve.structured.params import StructuredOutputsParams
+
 MAX_LOGPROBS = 20
 
 
@@ -19,6 +21,9 @@ class SamplingParams:
     ``stop`` strings end generation (not included in the text unless
     ``include_stop_str_in_output``); ``stop_token_ids`` end it too; ``ignore_eos`` keeps going
     past EOS. ``seed`` makes the request's samples independent of what else is batched with it.
+    ``structured_outputs`` constrains the output to a JSON schema, regex, choice or grammar (see
+    :class:`~pyserve.structured.StructuredOutputsParams`); the request ends with ``stop`` when
+    the grammar is complete and the model emits EOS (or the grammar admits nothing more).
     """
 
     n: int = 1
@@ -38,6 +43,7 @@ class SamplingParams:
     logprobs: int | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         stop = self.stop
@@ -51,6 +57,7 @@ class SamplingParams:
         self._validate_filters()
         self._validate_penalties()
         self._validate_stops()
+        self._validate_structured()
 
     def _validate_counts(self) -> None:
         _check_int("n", self.n, low=1)
@@ -96,6 +103,19 @@ class SamplingParams:
                 raise ValueError(f"stop strings must be non-empty strings, got {s!r}")
         for t in self.stop_token_ids:
             _check_int("stop_token_ids entry", t, low=0)
+
+    def _validate_structured(self) -> None:
+        so = self.structured_outputs
+        if so is None:
+            return
+        if not isinstance(so, StructuredOutputsParams):
+            raise TypeError(
+                f"structured_outputs must be a StructuredOutputsParams, got {type(so).__name__}"
+            )
+        if self.min_tokens:
+            # NOTE: min_tokens bans EOS, which a complete grammar may be left with alone.
+            raise ValueError("min_tokens cannot be combined with structured_outputs: the "
+                             "grammar decides where the output ends")  # fmt: skip
 
     @property
     def greedy(self) -> bool:

@@ -4,7 +4,7 @@ The scripted engine answers the first turn with a Hermes tool call and the secon
 the SDK's whole loop (tools sent, tool_calls parsed, tool executed, result sent back as a tool
 message, final answer) is exercised. With ``tool_choice="required"`` the real random-weight
 tiny model can only call the tool if a grammar forces it: that test runs once the sampler has
-structured output (SamplingParams.structured_output) and is skipped before.
+structured output (SamplingParams.structured_outputs) and is skipped without it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pyserve.server.app import build_app  # noqa: E402
 from pyserve.server.runner import ServerThread  # noqa: E402
 
 MODEL = "builtin:tiny"
-HAS_STRUCTURED = "structured_output" in {f.name for f in dataclasses.fields(SamplingParams)}
+HAS_STRUCTURED = "structured_outputs" in {f.name for f in dataclasses.fields(SamplingParams)}
 
 
 def make_agent(url: str, calls: list[str], tool_choice: str | None, responses: bool = False):

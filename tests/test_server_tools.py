@@ -131,8 +131,6 @@ BAD = {
                       "tools.0.function.name"),  # fmt: skip
     "duplicate tools": ({"tools": TOOLS * 2}, "tools"),
     "tool_choice string": ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice"),
-    "required needs structured output": ({"tools": TOOLS, "tool_choice": "required"},
-                                         "tool_choice"),  # fmt: skip
     "orphan tool message": ({"messages": [HISTORY[0], HISTORY[2]]}, "messages.1.tool_call_id"),
     "tool message without id": ({"messages": [HISTORY[0], {"role": "tool", "content": "x"}]},
                                 "messages.1.tool_call_id"),  # fmt: skip

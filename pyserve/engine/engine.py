@@ -30,6 +30,7 @@ from pyserve.engine.slot_sampling import SlotSampling
 from pyserve.model.loader import load_model, parse_dtype
 from pyserve.model.tokenizer import load_tokenizer
 from pyserve.sampling_params import SamplingParams
+from pyserve.structured.manager import StructuredOutputManager
 
 
 def check_prompt_length(num_tokens: int, max_model_len: int) -> None:
@@ -77,6 +78,7 @@ class Engine:
             from pyserve.ltr import Ranker
 
             self.ranker = Ranker.load(config.scheduler.ltr_model)
+        self.structured: StructuredOutputManager | None = None  # built by the first constraint
         self._t0 = time.monotonic()
 
     # -- messages ------------------------------------------------------------------------------
@@ -110,6 +112,9 @@ class Engine:
             raise ValueError("an engine call takes n == 1; use expand_n() for n > 1")
         text, ids = self.encode(spec.prompt)
         check_prompt_length(len(ids), self.max_model_len)
+        grammar = None
+        if p.structured_outputs is not None:  # NOTE: compiled (or refused) before queueing
+            grammar = self._structured().compile(p.structured_outputs)
         score = spec.ltr_score if spec.ltr_score is not None else self.score_prompt(text, ids)
         max_tokens = p.max_tokens if p.max_tokens is not None else self.max_model_len - len(ids)
         now = self.now()
@@ -126,12 +131,20 @@ class Engine:
         except (TypeError, OverflowError) as exc:  # argument conversion in the bindings
             raise ValueError(f"invalid request {spec.request_id!r}: {exc}") from None
         self._slots.add(sid, p, ids)
+        if grammar is not None:
+            self.structured.add(sid, grammar)
         if sid >= self._rid.shape[0]:
             grown = np.empty(max(2 * self._rid.shape[0], sid + 1), dtype=object)
             grown[: self._rid.shape[0]] = self._rid
             self._rid = grown
         self._rid[sid] = spec.request_id
         return Admitted(spec, text, ids, now)
+
+    def _structured(self) -> StructuredOutputManager:
+        if self.structured is None:
+            self.structured = StructuredOutputManager.for_tokenizer(
+                self.tokenizer, self.vocab_size, self.eos_token_ids)  # fmt: skip
+        return self.structured
 
     def score_prompt(self, text: str | None, ids: list[int]) -> float:
         """The ranker's score (lower = predicted shorter), scored once on arrival; 0 without one."""
@@ -146,8 +159,14 @@ class Engine:
         if sid < 0:
             return None
         done = self._core.finish(request_id, reason)
-        self._slots.finish(sid)
+        self._release(sid)
         return done
+
+    def _release(self, sid: int) -> None:
+        """Drops a finished sequence's per-slot state (sampling row, grammar matcher)."""
+        self._slots.finish(sid)
+        if self.structured is not None:
+            self.structured.remove(sid)
 
     def _program(self, op: ProgramOp):
         if op.op == "start":
@@ -221,15 +240,24 @@ class Engine:
         rows = np.asarray(plan.seq_ids)[np.asarray(plan.sample_seq_idx)]
         # NOTE: the one place logits are sampled: ModelRunner.execute with this batch.
         batch = self._slots.batch(rows) if rows.shape[0] else None
-        out = self.runner.execute(plan, batch)
+        structured = self.structured is not None and batch is not None
+        # NOTE: structured rows' masks are filled on a worker thread while the model runs.
+        mask = self.structured.fill_async(rows) if structured else None
+        out = self.runner.execute(plan, batch, mask)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
         tokens = (out.token_ids.to(torch.int32).cpu().numpy() if out is not None
                   else np.zeros(0, dtype=np.int32))  # fmt: skip
         rep = self._core.update(tokens, t2 - t1)
+        ended = self.structured.accept(rows, tokens) if structured else []
         t3 = time.perf_counter()
         report = self._report(rep, out)
+        for sid in ended:  # their grammar admits nothing more: finished as `stop`
+            rid = self._rid[sid]
+            done = self._finish(rid, "stop") if self._core.find(rid) == sid else None
+            if done is not None:
+                report.finished.append(done)
         t4 = time.perf_counter()
         report.timings = {"schedule_s": t1 - t0, "execute_s": t2 - t1, "update_s": t3 - t2,
                           "report_s": t4 - t3, "forward_s": self.runner.last_forward_s}  # fmt: skip
@@ -240,7 +268,7 @@ class Engine:
         toks = np.array(rep.tokens)
         self._slots.record(seqs, toks)
         for f in rep.finished:
-            self._slots.finish(f.seq_id)
+            self._release(f.seq_id)
         report = StepReport(
             step=rep.step, start_time=rep.start_time, end_time=rep.end_time,
             request_ids=self._rid[seqs], token_ids=toks,

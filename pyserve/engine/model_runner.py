@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 
 import numpy as np
 import torch
@@ -27,8 +28,16 @@ class ModelRunner:
         self.last_forward_s = 0.0  # model forward + logits of the last step (benchmarks)
 
     @torch.inference_mode()
-    def execute(self, plan, batch: SamplingBatch | None) -> SamplerOutput | None:
-        """Runs one step; returns the sampled rows (None when the plan samples nothing)."""
+    def execute(
+        self,
+        plan,
+        batch: SamplingBatch | None,
+        token_bitmask: torch.Tensor | Future | None = None,
+    ) -> SamplerOutput | None:
+        """Runs one step; returns the sampled rows (None when the plan samples nothing).
+
+        ``token_bitmask`` (structured outputs) may be a Future: it is resolved after the forward,
+        so a mask filled on another thread overlaps the model."""
         self.cache.apply(swap_out=plan.swap_out, swap_in=plan.swap_in, copy=plan.copy)
         if plan.num_tokens == 0:
             return None
@@ -42,4 +51,10 @@ class ModelRunner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.last_forward_s = time.perf_counter() - t0
-        return self.sampler(logits, batch) if batch else None
+        if batch is None:
+            return None
+        if isinstance(token_bitmask, Future):
+            token_bitmask = token_bitmask.result()
+        if token_bitmask is not None:
+            batch.token_bitmask = token_bitmask
+        return self.sampler(logits, batch)

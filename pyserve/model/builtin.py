@@ -31,7 +31,7 @@ CHAT_TEMPLATE = (
     "\\n<tools>\\n' -}}"
     "{%- for tool in tools -%}{{- tool | tojson -}}{{- '\\n' -}}{%- endfor -%}"
     "{{- '</tools>\\n\\nTo call a function, answer with a JSON object within "
-    "<tool_call></tool_call>:\\n<tool_call>\\n{\"name\": <function-name>, \"arguments\": "
+    '<tool_call></tool_call>:\\n<tool_call>\\n{"name": <function-name>, "arguments": '
     "<args-json-object>}\\n</tool_call><|im_end|>\\n' -}}"
     "{%- endif -%}"
     "{%- for message in messages[ns.start:] -%}"

@@ -59,6 +59,7 @@ def add_chat_routes(app: FastAPI, state: ServerState) -> None:
         job = await make_job(state, body, request, "chatcmpl", [ids], max_tokens, lp, overrides)
         text = state.token_text
         if plan.parser is None:
+
             def chunk(index, out, first):
                 return chat_chunk(job, body.model, 0, index, out, text, first)
 

@@ -75,7 +75,9 @@ class ToolChunks:
         self.streams: dict[int, ToolCallStream] = {}
 
     def __call__(self, index: int, out: RequestOutput, first: bool) -> dict | None:
-        stream = self.streams.setdefault(index, ToolCallStream(self.plan.parser, self.plan.parallel))
+        stream = self.streams.setdefault(
+            index, ToolCallStream(self.plan.parser, self.plan.parallel)
+        )
         content, calls = stream.feed(self.special.clean(out.text), out.finished)
         reason = out.finish_reason if out.finished else None
         if out.finished and stream.called:

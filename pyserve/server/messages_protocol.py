@@ -133,7 +133,8 @@ def openai_tools(body: CountTokensRequest) -> tuple[list[dict] | None, Any, bool
     mapped = {"auto": "auto", "any": "required", "none": "none"}.get(choice.type)
     if mapped is None:
         mapped = NamedToolChoice.model_validate(
-            {"type": "function", "function": {"name": choice.name}})
+            {"type": "function", "function": {"name": choice.name}}
+        )
     parallel = False if choice.disable_parallel_tool_use else None
     return tools or None, mapped, parallel
 

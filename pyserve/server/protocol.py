@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from pyserve.sampling_params import MAX_LOGPROBS
 from pyserve.server.program_ids import MAX_PROGRAM_ID_LEN, PROGRAM_ID_CHARS, is_valid_program_id
+from pyserve.server.response_format import ResponseFormat
 from pyserve.server.tools import ToolCallItem, ToolFields
 
 MAX_N = 16  # choices per request
@@ -108,6 +109,7 @@ class SamplingFields(BaseModel):
     session_id: ProgramId | None = None
     thread_id: TagId | None = None
     parent_ids: list[TagId] = Field(default_factory=list, max_length=1024)
+    response_format: ResponseFormat | None = None
 
 
 class CompletionRequest(SamplingFields):

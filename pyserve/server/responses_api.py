@@ -199,9 +199,15 @@ class _Items:
                 events.append(ev("response.output_item.added", output_index=0,
                                  item=_message_item(self.msg_id, "", "in_progress") | {
                                      "content": []}))  # fmt: skip
-                events.append(ev("response.content_part.added", item_id=self.msg_id,
-                                 output_index=0, content_index=0,
-                                 part={"type": "output_text", "text": "", "annotations": []}))
+                events.append(
+                    ev(
+                        "response.content_part.added",
+                        item_id=self.msg_id,
+                        output_index=0,
+                        content_index=0,
+                        part={"type": "output_text", "text": "", "annotations": []},
+                    )
+                )
             self.text += content
             events.append(ev("response.output_text.delta", item_id=self.msg_id, output_index=0,
                              content_index=0, delta=content, logprobs=[]))  # fmt: skip
@@ -217,8 +223,14 @@ class _Items:
             if args:
                 item = self.open_calls[d["index"]]
                 item["arguments"] += args
-                events.append(ev("response.function_call_arguments.delta", item_id=item["id"],
-                                 output_index=self._index(d), delta=args))
+                events.append(
+                    ev(
+                        "response.function_call_arguments.delta",
+                        item_id=item["id"],
+                        output_index=self._index(d),
+                        delta=args,
+                    )
+                )
         return events
 
     def _index(self, delta: dict) -> int:

@@ -101,9 +101,14 @@ def unsupported(body: ResponsesRequest) -> str | None:
     """The first field this server cannot honour, or None."""
     if body.text and body.text.format and body.text.format.type != "text":
         return "text.format"
-    checks = (("include", bool(body.include)), ("background", bool(body.background)),
-              ("conversation", body.conversation is not None), ("prompt", body.prompt is not None),
-              ("top_logprobs", bool(body.top_logprobs)), ("truncation", body.truncation == "auto"))
+    checks = (
+        ("include", bool(body.include)),
+        ("background", bool(body.background)),
+        ("conversation", body.conversation is not None),
+        ("prompt", body.prompt is not None),
+        ("top_logprobs", bool(body.top_logprobs)),
+        ("truncation", body.truncation == "auto"),
+    )
     return next((name for name, bad in checks if bad), None)
 
 

@@ -262,7 +262,7 @@ def _as_openai_error(exc: BaseException) -> OpenAIError:
     if isinstance(exc, OpenAIError):
         return exc
     if isinstance(exc, ValueError):
-        return bad_request(str(exc))
+        return bad_request(str(exc), param=getattr(exc, "param", None))
     if isinstance(exc, EngineDeadError):
         return OpenAIError(503, f"the engine is not available: {exc}", code="engine_unavailable")
     if isinstance(exc, EngineError):

@@ -15,10 +15,11 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from pyserve.engine.client import EngineClient
-from pyserve.server.errors import OpenAIError
+from pyserve.server.errors import OpenAIError, bad_request
 from pyserve.server.metrics import ServerMetrics
 from pyserve.server.middleware import set_outcome
 from pyserve.server.prompts import PromptEncoder
+from pyserve.server.response_format import structured_outputs
 from pyserve.server.responses import TokenText, sse_stream
 from pyserve.server.serving import (
     ClientGone,
@@ -104,6 +105,18 @@ class ServerState:
                               code="model_not_found")  # fmt: skip
 
 
+def with_response_format(body, overrides: dict | None) -> dict | None:
+    """``overrides`` plus the ``structured_outputs`` of the body's ``response_format`` (built once
+    per request; 400 naming the field if bad or combined with a forced tool choice)."""
+    so = structured_outputs(getattr(body, "response_format", None))
+    if so is None:
+        return overrides
+    if (overrides or {}).get("structured_outputs") is not None:
+        raise bad_request("response_format cannot be combined with a forced tool_choice",
+                          param="response_format")  # fmt: skip
+    return {**(overrides or {}), "structured_outputs": so}
+
+
 async def make_job(state: ServerState, body, request: Request, prefix: str,
                    prompts: list[list[int]], max_tokens: int | None, logprobs: int | None,
                    overrides: dict | None = None) -> Job:  # fmt: skip
@@ -113,6 +126,7 @@ async def make_job(state: ServerState, body, request: Request, prefix: str,
     """
     tags = program_tags(body, request)
     limit = state.client.max_model_len
+    overrides = with_response_format(body, overrides)
     params = [sampling_params(body, max_tokens, logprobs, len(p), limit, overrides)
               for p in prompts]  # fmt: skip
     check_logprob_budget(params)

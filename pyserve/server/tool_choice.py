@@ -26,22 +26,27 @@ def tool_choice_schema(tools: list[Any], choice: Any) -> dict[str, Any]:
     if choice != "required":
         return params[choice.function.name]
     one_of = [
-        {"type": "object",
-         "properties": {"name": {"type": "string", "enum": [name]}, "parameters": schema},
-         "required": ["name", "parameters"], "additionalProperties": False}  # fmt: skip
+        {
+            "type": "object",
+            "properties": {"name": {"type": "string", "enum": [name]}, "parameters": schema},
+            "required": ["name", "parameters"],
+            "additionalProperties": False,
+        }  # fmt: skip
         for name, schema in params.items()
     ]
     return {"type": "array", "minItems": 1, "items": {"anyOf": one_of}}
 
 
 def structured_for_tool_choice(tools: list[Any], choice: Any) -> dict[str, Any]:
-    """SamplingParams fields that force the answer into :func:`tool_choice_schema`.
+    """SamplingParams fields that force the answer into :func:`tool_choice_schema`: a JSON
+    schema constraint (xgrammar), closed to the declared parameters. A 400 naming
+    ``tool_choice`` when the schema cannot be enforced."""
+    from pyserve.structured.params import StructuredOutputsParams
 
-    NOTE: this build's sampler has no structured-output (grammar) support, so a forced choice
-    cannot be honoured: it is refused with a 400 naming ``tool_choice`` instead of letting the
-    model answer freely. With structured output, this returns the constraint for the schema.
-    """
-    tool_choice_schema(tools, choice)  # the schema must be buildable before anything else
-    raise bad_request("tool_choice 'required' or a named function needs structured output "
-                      "(grammar-constrained decoding), which this server does not support; "
-                      "use tool_choice 'auto'", param="tool_choice")  # fmt: skip
+    schema = tool_choice_schema(tools, choice)
+    try:
+        constraint = StructuredOutputsParams(json=schema, disable_additional_properties=True,
+                                             param="tool_choice")  # fmt: skip
+    except ValueError as exc:
+        raise bad_request(str(exc), param="tool_choice") from None
+    return {"structured_outputs": constraint}

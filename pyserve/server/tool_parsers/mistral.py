@@ -66,7 +66,9 @@ def _named_blocks(text: str, k: int) -> list[PartialCall]:
         if i < len(text) and text[i] != "{":
             raise JsonSyntaxError("a tool call's arguments must be a JSON object")
         end = value_end(text, i) if i < len(text) else None
-        call = PartialCall(name, text[i : end if end is not None else len(text)], done=end is not None)
+        call = PartialCall(
+            name, text[i : end if end is not None else len(text)], done=end is not None
+        )
         if call.done and not isinstance(json.loads(call.arguments), dict):
             raise JsonSyntaxError("a tool call's arguments must be a JSON object")
         calls.append(call)
