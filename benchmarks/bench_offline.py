@@ -6,6 +6,7 @@ Reports output tokens/s and the fraction of step time spent outside the model fo
 C++ core + sampling + metadata), at the largest decode batch. One JSON line per case.
 
     python benchmarks/bench_offline.py [--requests 256] [--models tiny,100m]
+        [--attention-backends auto]   # e.g. reference,cpu: each backend in turn, per model
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ def llama_100m() -> str:
     return str(folder)
 
 
-def run(model: str, n: int, budget: int) -> dict:
+def run(model: str, n: int, budget: int, attention_backend: str = "auto") -> dict:
     llm = LLM(model, kv_cache_bytes=2 << 30, max_num_seqs=n, max_num_batched_tokens=budget,
-              max_model_len=PROMPT + OUTPUT + 16)  # fmt: skip
+              max_model_len=PROMPT + OUTPUT + 16,
+              attention_backend=attention_backend)  # fmt: skip
     vocab = llm.engine.model.config.vocab_size
     rng = np.random.default_rng(0)
     prompts = [rng.integers(3, vocab, size=PROMPT).tolist() for _ in range(n)]
@@ -70,6 +72,7 @@ def run(model: str, n: int, budget: int) -> dict:
     frac = statistics.median([(t - f) / t for t, f in decode]) if decode else None
     return {
         "model": model,
+        "attention": type(eng.runner.attn).__name__,
         "requests": n,
         "output_tokens": produced,
         "output_tokens_per_s": round(produced / wall, 1),
@@ -89,10 +92,14 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=256)
     ap.add_argument("--models", default="tiny,100m")
     ap.add_argument("--budget", type=int, default=8192)
+    ap.add_argument("--attention-backends", default="auto",
+                    help="comma list of attention_backend values, run in turn per model")  # fmt: skip
     args = ap.parse_args()
     names = {"tiny": lambda: "builtin:tiny", "100m": llama_100m}
     for key in args.models.split(","):
-        print(json.dumps(run(names[key](), args.requests, args.budget)), flush=True)
+        for backend in args.attention_backends.split(","):
+            row = run(names[key](), args.requests, args.budget, backend)
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -129,9 +129,23 @@ inline const float* rows_f32(const uint16_t* src, float* dst, int32_t n, int32_t
   return dst;
 }
 
+// Asks for the K and V rows of one head of a cache block ahead of use: blocks are scattered,
+// so the hardware prefetcher cannot guess the next one.
 template <typename T>
+inline void prefetch_block(const T* k, int32_t n, int32_t d, int64_t stride, int64_t v_offset) {
+  const int64_t bytes = int64_t(d) * int64_t(sizeof(T));
+  for (int32_t j = 0; j < n; ++j)
+    for (int64_t off = 0; off < bytes; off += 64) {
+      __builtin_prefetch(reinterpret_cast<const char*>(k + j * stride) + off);
+      __builtin_prefetch(reinterpret_cast<const char*>(k + v_offset + j * stride) + off);
+    }
+}
+
+// kD > 0: the head dim as a compile-time constant (fully unrolled inner loops); 0: runtime.
+template <typename T, int32_t kD>
 void attend(const PagedAttentionArgs& a, const AttendItem& it, float* scratch) {
-  const int32_t d = a.head_dim, bs = a.block_size, hq = a.num_q_heads, hkv = a.num_kv_heads;
+  const int32_t d = kD > 0 ? kD : a.head_dim;
+  const int32_t bs = a.block_size, hq = a.num_q_heads, hkv = a.num_kv_heads;
   const int32_t g = hq / hkv;
   const int32_t m = (it.row_end - it.row_begin) * g;
   State s{scratch,
@@ -170,6 +184,10 @@ void attend(const PagedAttentionArgs& a, const AttendItem& it, float* scratch) {
     const int32_t n = min_i32(bs, seq_len - t0);
     const T* kb = kv + int64_t(blocks[b]) * 2 * bs * tok_stride + int64_t(it.kv_head) * d;
     const T* vb = kb + bs * tok_stride;
+    if (b < last_pos / bs) {
+      const T* next = kv + int64_t(blocks[b + 1]) * 2 * bs * tok_stride + int64_t(it.kv_head) * d;
+      prefetch_block(next, min_i32(bs, seq_len - t0 - bs), d, tok_stride, bs * tok_stride);
+    }
     const float* k = rows_f32(kb, s.kf, n, d, tok_stride);
     const float* v = rows_f32(vb, s.vf, n, d, tok_stride);
     const int64_t ks = sizeof(T) == sizeof(float) ? tok_stride : d;  // see rows_f32
@@ -188,14 +206,28 @@ void attend(const PagedAttentionArgs& a, const AttendItem& it, float* scratch) {
   }
 }
 
+template <typename T>
+void attend_any(const PagedAttentionArgs& a, const AttendItem& it, float* scratch) {
+  switch (a.head_dim) {
+    case 32:
+      return attend<T, 32>(a, it, scratch);
+    case 64:
+      return attend<T, 64>(a, it, scratch);
+    case 128:
+      return attend<T, 128>(a, it, scratch);
+    default:
+      return attend<T, 0>(a, it, scratch);
+  }
+}
+
 }  // namespace
 
 void attend_f32(const PagedAttentionArgs& a, const AttendItem& it, float* scratch) {
-  attend<float>(a, it, scratch);
+  attend_any<float>(a, it, scratch);
 }
 
 void attend_bf16(const PagedAttentionArgs& a, const AttendItem& it, float* scratch) {
-  attend<uint16_t>(a, it, scratch);
+  attend_any<uint16_t>(a, it, scratch);
 }
 
 }  // namespace pyserve::kernels::PYSERVE_ISA_NS
