@@ -10,6 +10,7 @@ core's and consuming it: detokenizing, stop strings, outputs), with the per-step
 milliseconds. One JSON line per case.
 
     python benchmarks/bench_offline.py [--requests 256] [--models tiny,100m]
+        [--attention-backends auto]   # e.g. reference,cpu: each backend in turn, per model
 """
 
 from __future__ import annotations
@@ -52,9 +53,10 @@ def llama_100m() -> str:
     return str(folder)
 
 
-def run(model: str, n: int, budget: int) -> dict:
+def run(model: str, n: int, budget: int, attention_backend: str = "auto") -> dict:
     llm = LLM(model, kv_cache_bytes=2 << 30, max_num_seqs=n, max_num_batched_tokens=budget,
-              max_model_len=PROMPT + OUTPUT + 16)  # fmt: skip
+              max_model_len=PROMPT + OUTPUT + 16,
+              attention_backend=attention_backend)  # fmt: skip
     vocab = llm.engine.model.config.vocab_size
     rng = np.random.default_rng(0)
     prompts = [rng.integers(3, vocab, size=PROMPT).tolist() for _ in range(n)]
@@ -86,6 +88,7 @@ def run(model: str, n: int, budget: int) -> dict:
     step_ms = med([t * 1e3 for t, _, _ in decode])
     return {
         "model": model,
+        "attention": type(eng.runner.attn).__name__,
         "requests": n,
         "output_tokens": produced,
         "output_tokens_per_s": round(produced / wall, 1),
@@ -110,12 +113,15 @@ def main() -> None:
         help="comma list of request counts to run instead of --requests (scaling)",
     )
     ap.add_argument("--budget", type=int, default=8192)
+    ap.add_argument("--attention-backends", default="auto",
+                    help="comma list of attention_backend values, run in turn per model")  # fmt: skip
     args = ap.parse_args()
     names = {"tiny": lambda: "builtin:tiny", "100m": llama_100m}
     counts = [int(b) for b in args.batches.split(",") if b] or [args.requests]
     for key in args.models.split(","):
         for n in counts:
-            print(json.dumps(run(names[key](), n, args.budget)), flush=True)
+            for backend in args.attention_backends.split(","):
+                print(json.dumps(run(names[key](), n, args.budget, backend)), flush=True)
 
 
 if __name__ == "__main__":

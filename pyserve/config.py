@@ -18,6 +18,9 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     max_model_len: int | None = None  # None: the model's max_position_embeddings
+    # auto | reference | cpu | flashinfer. auto: flashinfer on CUDA with fp16/bf16 when it
+    # imports, the C++ kernel (cpu) on CPU with fp32/bf16, the torch reference otherwise.
+    attention_backend: str = "auto"
 
 
 @dataclass(frozen=True)

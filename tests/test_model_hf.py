@@ -14,7 +14,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from pyserve.attention import ReferenceAttention, build_attention_metadata
+from pyserve.attention import build_attention_metadata
+from pyserve.engine.components import make_attention
 from pyserve.kv import KVCache
 from pyserve.model.loader import load_model
 
@@ -58,15 +59,16 @@ def _save_hf(kind: str, folder) -> torch.nn.Module:
 
 
 class PagedRunner:
-    """Drives a pyserve model through the reference backend with a shuffled page table."""
+    """Drives a pyserve model through an attention backend (by default the one the engine picks
+    on CPU: the C++ kernel for fp32/bf16) with a shuffled page table."""
 
-    def __init__(self, model, num_blocks: int = 64) -> None:
+    def __init__(self, model, num_blocks: int = 64, backend: str = "auto") -> None:
         cfg = model.config
         self.model = model
         dtype = model.embed_tokens.weight.dtype
         cache = KVCache(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, BLOCK,
                         num_blocks, dtype=dtype)  # fmt: skip
-        self.attn = ReferenceAttention(cache, cfg.num_attention_heads, cfg.head_dim)
+        self.attn = make_attention(cfg, cache, dtype, torch.device("cpu"), backend)
         self.table = PageTable(num_blocks, BLOCK, seed=3)
 
     def step(self, decodes: dict, prefills: dict) -> torch.Tensor:
@@ -95,19 +97,20 @@ def test_logits_and_greedy_match_transformers(kind, tmp_path):
                              do_sample=False, pad_token_id=0)[0]  # fmt: skip
         hf_logits = hf(hf_out[None, :-1]).logits[0].float()
     hf_tokens = hf_out[len(prompt) :].tolist()
+    assert len(set(hf_tokens)) > 4  # the reference output is not degenerate
 
-    runner = PagedRunner(ours)
-    # Chunked prefill: 4 + 4 + 3 tokens, each chunk attending over its cached prefix.
-    chunks = [prompt[i : i + 4].tolist() for i in range(0, len(prompt), 4)]
-    prefill_logits = torch.cat([runner.step({}, {0: c}) for c in chunks])
-    assert _rel_err(prefill_logits, hf_logits[: len(prompt)]) < 1e-4
-    tokens = [int(prefill_logits[-1].argmax())]
-    for i in range(NEW_TOKENS - 1):
-        logits = runner.step({0: tokens[-1]}, {})[0]
-        assert _rel_err(logits, hf_logits[len(prompt) + i]) < 1e-4, f"decode step {i}"
-        tokens.append(int(logits.argmax()))
-    assert tokens == hf_tokens
-    assert len(set(tokens)) > 4  # the reference output is not degenerate
+    for backend in ("cpu", "reference"):
+        runner = PagedRunner(ours, backend=backend)
+        # Chunked prefill: 4 + 4 + 3 tokens, each chunk attending over its cached prefix.
+        chunks = [prompt[i : i + 4].tolist() for i in range(0, len(prompt), 4)]
+        prefill_logits = torch.cat([runner.step({}, {0: c}) for c in chunks])
+        assert _rel_err(prefill_logits, hf_logits[: len(prompt)]) < 1e-4, backend
+        tokens = [int(prefill_logits[-1].argmax())]
+        for i in range(NEW_TOKENS - 1):
+            logits = runner.step({0: tokens[-1]}, {})[0]
+            assert _rel_err(logits, hf_logits[len(prompt) + i]) < 1e-4, f"{backend} step {i}"
+            tokens.append(int(logits.argmax()))
+        assert tokens == hf_tokens, backend
 
 
 def test_batched_sequences_match_single_runs(tmp_path):
@@ -120,6 +123,7 @@ def test_batched_sequences_match_single_runs(tmp_path):
         ref_a = hf(torch.tensor([a + [7, 8]])).logits[0]
         ref_b = hf(torch.tensor([b])).logits[0]
     runner = PagedRunner(ours)
+    assert type(runner.attn).__name__ == "CpuAttention"
     la = runner.step({}, {0: a})
     assert _rel_err(la, ref_a[:9]) < 1e-4
     mixed = runner.step({0: 7}, {1: b[:6]})  # decode of a, first chunk of b

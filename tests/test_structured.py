@@ -93,12 +93,13 @@ def test_greedy_ignore_eos_n_and_mixed_batch(llm):
               SamplingParams(max_tokens=20, temperature=0, ignore_eos=True),
               SamplingParams(n=3, max_tokens=20, seed=1, structured_outputs=so)]  # fmt: skip
     outs = llm.generate(["Hi", "Hi", "Hi"], params, use_tqdm=False)
-    assert outs[0][0].text in ("alpha", "beta") and outs[0][0].finish_reason == "stop"
-    assert outs[1][0].finish_reason == "length" and len(outs[1][0].token_ids) == 20
-    assert all(c.text in ("alpha", "beta") for c in outs[2])
+    first, plain_row, multi = (o.outputs for o in outs)
+    assert first[0].text in ("alpha", "beta") and first[0].finish_reason == "stop"
+    assert plain_row[0].finish_reason == "length" and len(plain_row[0].token_ids) == 20
+    assert len(multi) == 3 and all(c.text in ("alpha", "beta") for c in multi)
     plain = llm.generate(["Hi"], SamplingParams(max_tokens=20, temperature=0, ignore_eos=True),
                          use_tqdm=False)  # fmt: skip
-    assert plain[0].token_ids == outs[1][0].token_ids
+    assert plain[0].outputs[0].token_ids == plain_row[0].token_ids
     assert len(llm.engine.structured) == 0  # matchers are dropped when requests finish
 
 

@@ -347,6 +347,7 @@ void bind_allocator(py::module_& m) {
 
 void bind_router(py::module_& m);          // core_router.cc
 void bind_program_policy(py::module_& m);  // core_policy.cc
+void bind_attention(py::module_& m);       // core_attention.cc
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyserve C++ scheduling core";
@@ -358,6 +359,7 @@ PYBIND11_MODULE(_core, m) {
   bind_allocator(m);
   bind_router(m);
   bind_program_policy(m);
+  bind_attention(m);
   m.def("policy_names", &policy_names);
   m.def("hash_string", &hash_string);
   m.def("hash_block", [](uint64_t parent, const std::vector<TokenId>& t, uint64_t salt) {

@@ -6,6 +6,8 @@ import logging
 
 import torch
 
+from pyserve.attention.cpu import SUPPORTED_DTYPES as CPU_DTYPES
+from pyserve.attention.cpu import CpuAttention
 from pyserve.attention.reference import ReferenceAttention
 from pyserve.config import CacheConfig
 from pyserve.kv.cache import KVCache, block_bytes
@@ -55,15 +57,42 @@ def make_kv_cache(model_cfg, cache: CacheConfig, dtype: torch.dtype, device: tor
     return kv
 
 
-def make_attention(model_cfg, kv: KVCache, dtype: torch.dtype, device: torch.device):
-    """FlashInfer on CUDA with fp16/bf16 when it imports; the torch reference otherwise."""
+ATTENTION_BACKENDS = ("auto", "reference", "cpu", "flashinfer")
+
+
+def make_attention(model_cfg, kv: KVCache, dtype: torch.dtype, device: torch.device,
+                   backend: str = "auto"):  # fmt: skip
+    """The attention backend named by ``backend`` (see ``ModelConfig.attention_backend``).
+
+    ``auto``: FlashInfer on CUDA with fp16/bf16 when it imports, the C++ CPU kernel on CPU with
+    fp32/bf16, the torch reference otherwise. Raises ValueError for an unknown name or a
+    backend that cannot run on this device/dtype.
+    """
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention_backend {backend!r}; "
+                         f"expected one of {', '.join(ATTENTION_BACKENDS)}")  # fmt: skip
+    heads, head_dim = model_cfg.num_attention_heads, model_cfg.head_dim
+    if backend == "reference":
+        return ReferenceAttention(kv, heads, head_dim)
+    if backend == "cpu" or (backend == "auto" and device.type == "cpu"):
+        if device.type == "cpu" and dtype in CPU_DTYPES:
+            return CpuAttention(kv, heads, head_dim)
+        if backend == "cpu":
+            raise ValueError(f"attention_backend 'cpu' needs device cpu and dtype float32 or "
+                             f"bfloat16, got {device.type} and {dtype}")  # fmt: skip
+        return ReferenceAttention(kv, heads, head_dim)
     if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
         from pyserve.attention.flashinfer import FlashInferAttention, flashinfer_available
 
         if flashinfer_available():
-            return FlashInferAttention(kv, model_cfg.num_attention_heads, model_cfg.head_dim)
+            return FlashInferAttention(kv, heads, head_dim)
+        if backend == "flashinfer":
+            raise ValueError("attention_backend 'flashinfer' but flashinfer does not import")
         log.warning("FlashInfer not importable; using the reference attention backend")
-    return ReferenceAttention(kv, model_cfg.num_attention_heads, model_cfg.head_dim)
+    elif backend == "flashinfer":
+        raise ValueError(f"attention_backend 'flashinfer' needs CUDA with float16 or bfloat16, "
+                         f"got {device.type} and {dtype}")  # fmt: skip
+    return ReferenceAttention(kv, heads, head_dim)
 
 
 def resolve_max_model_len(requested: int | None, native: int) -> int:

@@ -64,7 +64,8 @@ class Engine:
         self.max_model_len = resolve_max_model_len(mc.max_model_len, cfg.max_model_len)
         self.eos_token_ids = list(cfg.eos_token_ids)
         kv = make_kv_cache(cfg, config.cache, self.dtype, self.device, self.max_model_len)
-        self.runner = ModelRunner(self.model, kv, make_attention(cfg, kv, self.dtype, self.device),
+        self.runner = ModelRunner(self.model, kv, make_attention(cfg, kv, self.dtype, self.device,
+                                                                 mc.attention_backend),
                                   self.device)  # fmt: skip
         core_cfg = core_config(config.scheduler, config.cache, num_gpu_blocks=kv.num_blocks,
                                num_cpu_blocks=kv.num_cpu_blocks,

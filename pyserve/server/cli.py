@@ -31,6 +31,7 @@ ENGINE_OPTIONS = {
     "preemption_mode": str,
     "dtype": str,
     "device": str,
+    "attention_backend": str,
     "seed": int,
     "ltr_model": str,
 }
