@@ -4,7 +4,7 @@ Table: the C++ ``ProgramTable`` through its bindings (what ``POST/DELETE /v1/pro
 in the engine). For each size N it fills a table with N live programs, then times ``--ops``
 starts of new ids followed by their ends, and one TTL collection that expires ``--ops`` of them.
 Engine (``--engine``): the same through ``AsyncEngine.start_program / end_program`` (the loop
-thread round trip and the server's program mirror included), for sizes up to ``--engine-max``.
+thread round trip included), for sizes up to ``--engine-max``.
 Prints one JSON line per case; flat numbers across N mean O(1) / O(log n) operations.
 
     python benchmarks/bench_programs.py [--sizes 1000,10000,100000,1000000] [--ops 10000]
