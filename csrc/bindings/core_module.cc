@@ -62,6 +62,7 @@ void bind_config(py::module_& m) {
       .def_readwrite("quantum_growth", &SchedulerConfig::quantum_growth)
       .def_readwrite("starvation_beta", &SchedulerConfig::starvation_beta)
       .def_readwrite("plas_ltr_first_call", &SchedulerConfig::plas_ltr_first_call)
+      .def_readwrite("gittins_classes", &SchedulerConfig::gittins_classes)
       .def_readwrite("starve_steps", &SchedulerConfig::starve_steps)
       .def_readwrite("starve_quantum", &SchedulerConfig::starve_quantum)
       .def_readwrite("program_ttl_s", &SchedulerConfig::program_ttl_s)
@@ -285,7 +286,8 @@ void bind_allocator(py::module_& m) {
 
 }  // namespace
 
-void bind_router(py::module_& m);  // core_router.cc
+void bind_router(py::module_& m);   // core_router.cc
+void bind_service(py::module_& m);  // core_service.cc
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyserve C++ scheduling core";
@@ -295,6 +297,7 @@ PYBIND11_MODULE(_core, m) {
   bind_scheduler(m);
   bind_allocator(m);
   bind_router(m);
+  bind_service(m);
   m.def("policy_names", &policy_names);
   m.def("hash_string", &hash_string);
   m.def("hash_block", [](uint64_t parent, const std::vector<TokenId>& t, uint64_t salt) {
