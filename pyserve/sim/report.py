@@ -12,7 +12,7 @@ that rate (shown as ``<``): gains over it are lower bounds (``>``), its own gain
 The gain of policy A over baseline B is sustained(A) / sustained(B); ``?`` when both are bounds
 in the same direction.
 
-A program's *wait* is the summed queueing delay of its calls (release to first step);
+A program's *wait* is the longest queueing delay (release to first step) of any of its calls;
 *starvation* is the longest wait of any program.
 """
 
@@ -76,8 +76,10 @@ def summarize(r: RunResult) -> dict:
 
 
 def program_waits(r: RunResult) -> np.ndarray:
-    """Per program: the summed queueing delay of its calls (s)."""
-    return np.bincount(r.program, weights=r.queueing_delay, minlength=len(r.program_ids))
+    """Per program: the longest queueing delay of any of its calls (s)."""
+    out = np.zeros(len(r.program_ids))
+    np.maximum.at(out, r.program, r.queueing_delay)
+    return out
 
 
 def _fmt(x: float, digits: int = 3) -> str:
