@@ -14,7 +14,7 @@ and >= 2x better than FCFS (mean latency per token); gittins no worse than plas 
 at any load (mean and P95). The script prints whether each holds; it writes JSON lines to stdout
 and the report to ``--out``.
 
-    python benchmarks/bench_oracle_gap.py [--programs 100] [--lats-programs 20] [--jobs 2]
+    python benchmarks/bench_oracle_gap.py [--programs 60] [--lats-programs 10] [--jobs 2]
         [--workloads mixed,sharegpt,bfcl,lats] [--tune-seed 0] [--seeds 1,2]
         [--out benchmarks/results/oracle_gap.md]
 """
@@ -36,7 +36,6 @@ POLICIES = ("fcfs", "plas", "atlas", "gittins", "srpt")
 CLAIRVOYANT = ("srpt",)
 TUNING = {
     "plas": [{"quantum_base": 0.005}, {"quantum_base": 0.02}],
-    "atlas": [{"quantum_base": 0.005}, {"quantum_base": 0.02}],
     "gittins": [{"gittins_classes": 0}, {"gittins_classes": 4}],
 }
 LOADS = {"low": 0.25, "knee": 1.0, "overload": 2.0}
@@ -147,8 +146,8 @@ def markdown(res, rates, sizes, seeds, tune_seed, chosen, caps, checks, wall) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workloads", default="mixed,sharegpt,bfcl,lats")
-    ap.add_argument("--programs", type=int, default=100)
-    ap.add_argument("--lats-programs", type=int, default=20, help="lats programs (~160 calls each)")
+    ap.add_argument("--programs", type=int, default=60)
+    ap.add_argument("--lats-programs", type=int, default=10, help="lats programs (~160 calls each)")
     ap.add_argument("--tune-seed", type=int, default=0)
     ap.add_argument("--seeds", default="1,2", help="report seeds (disjoint from the tuning seed)")
     ap.add_argument("--jobs", type=int, default=2)
