@@ -62,6 +62,7 @@ void bind_config(py::module_& m) {
       .def_readwrite("quantum_growth", &SchedulerConfig::quantum_growth)
       .def_readwrite("starvation_beta", &SchedulerConfig::starvation_beta)
       .def_readwrite("plas_ltr_first_call", &SchedulerConfig::plas_ltr_first_call)
+      .def_readwrite("gittins_classes", &SchedulerConfig::gittins_classes)
       .def_readwrite("starve_steps", &SchedulerConfig::starve_steps)
       .def_readwrite("starve_quantum", &SchedulerConfig::starve_quantum)
       .def_readwrite("program_ttl_s", &SchedulerConfig::program_ttl_s)
@@ -339,6 +340,7 @@ void bind_allocator(py::module_& m) {
 void bind_router(py::module_& m);          // core_router.cc
 void bind_program_policy(py::module_& m);  // core_policy.cc
 void bind_attention(py::module_& m);       // core_attention.cc
+void bind_service(py::module_& m);         // core_service.cc
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyserve C++ scheduling core";
@@ -351,6 +353,7 @@ PYBIND11_MODULE(_core, m) {
   bind_router(m);
   bind_program_policy(m);
   bind_attention(m);
+  bind_service(m);
   m.def("policy_names", &policy_names);
   m.def("hash_string", &hash_string);
   m.def("hash_block", [](uint64_t parent, const std::vector<TokenId>& t, uint64_t salt) {

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "pyserve/policy.h"
+#include "pyserve/service_distribution.h"
 #include "pyserve/types.h"
 
 namespace pyserve {
@@ -31,6 +32,9 @@ void SchedulerConfig::validate() const {
   require(quantum_base > 0.0, "quantum_base must be > 0");
   require(quantum_growth >= 1.0, "quantum_growth must be >= 1");
   require(starve_steps >= 1 && starve_quantum >= 1, "starve_steps and starve_quantum must be >= 1");
+  require(
+      gittins_classes >= 0 && gittins_classes <= ServiceDistribution::kMaxClasses,
+      "gittins_classes must be in [0, " + std::to_string(ServiceDistribution::kMaxClasses) + "]");
   require(program_ttl_s > 0.0, "program_ttl_s must be > 0");
   bool known = false;
   for (const auto& n : policy_names()) known |= n == policy;

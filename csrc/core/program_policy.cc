@@ -117,7 +117,13 @@ void ProgramPolicy::finish(const std::string& request_id) {
   r.status = Status::kFinished;
   policy_->on_finish(r, now_);
   // As Scheduler::finish: aborts fold in too.
-  if (r.tagged()) programs_->call_finished(r.spec.program_id, r.service, r.total_wait, now_);
+  if (r.tagged()) {
+    programs_->call_finished(r.spec.program_id, r.service, r.total_wait, now_);
+  } else {
+    r.solo.service += r.service;
+    r.solo.last_completion = now_;
+    programs_->solo_completed(r.solo);  // its size is learned, as natively
+  }
   r.program = nullptr;
   calls_.erase(it);
 }

@@ -20,6 +20,7 @@ void ProgramTable::end(const std::string& id) {
   auto it = entries_.find(id);
   if (it == entries_.end()) throw std::invalid_argument("unknown program '" + id + "'");
   if (it->second.active_calls == 0) {
+    completed(it->second);
     entries_.erase(it);
   } else {
     it->second.ended = true;
@@ -55,7 +56,10 @@ void ProgramTable::call_finished(const std::string& id, double call_service, dou
   e.wait += call_wait;
   e.active_calls = std::max(0, e.active_calls - 1);
   e.last_completion = std::max(e.last_completion, now);
-  if (e.active_calls == 0 && e.ended) entries_.erase(it);
+  if (e.active_calls == 0 && e.ended) {
+    completed(e);
+    entries_.erase(it);
+  }
 }
 
 bool ProgramTable::mark_coming_back(const std::string& id) {
@@ -77,6 +81,7 @@ int ProgramTable::collect(double now) {
     const ProgramEntry& e = it->second;
     double last = std::max(e.last_arrival, e.last_completion);
     if (e.active_calls == 0 && now - last >= ttl_s_) {
+      completed(e);
       it = entries_.erase(it);
       ++n;
     } else {
@@ -84,6 +89,17 @@ int ProgramTable::collect(double now) {
     }
   }
   return n;
+}
+
+void ProgramTable::solo_completed(const ProgramEntry& e) {
+  std::lock_guard<std::mutex> lock(mu_);
+  completed(e);
+}
+
+void ProgramTable::completed(const ProgramEntry& e) {
+  // NOTE: critical is the critical-path service kept by atlas and gittins (their on_finish);
+  // other policies leave it 0 and record nothing.
+  if (e.critical > 0.0) service_.observe(e.service_class, e.critical);
 }
 
 std::vector<std::string> ProgramTable::ids() const {

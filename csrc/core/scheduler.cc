@@ -14,7 +14,9 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, std::vector<TokenId> eos_token_
       programs_(programs ? std::move(programs) : std::make_shared<ProgramTable>(cfg.program_ttl_s)),
       policy_(make_policy(cfg)),
       gpu_(cfg.num_gpu_blocks, cfg.block_size, cfg.prefix_hash_mask),
-      cpu_(cfg.num_cpu_blocks) {}
+      cpu_(cfg.num_cpu_blocks) {
+  policy_->attach(*programs_);
+}
 
 SeqId Scheduler::add_request(RequestSpec spec) {
   if (spec.request_id.empty()) throw std::invalid_argument("request_id must not be empty");

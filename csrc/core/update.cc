@@ -66,6 +66,7 @@ void Scheduler::finish(Request& r, FinishReason reason) {
     r.solo.wait += r.total_wait;
     r.solo.active_calls = 0;
     r.solo.last_completion = now_;
+    programs_->solo_completed(r.solo);
   }
   r.program = nullptr;
   ids_.erase(r.spec.request_id);

@@ -46,7 +46,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None,
                    help=f"require 'Authorization: Bearer KEY' on /v1 (or set {API_KEY_ENV})")  # fmt: skip
-    p.add_argument("--policy", default="fcfs", help="scheduling policy (fcfs, priority, plas, ...)")
+    p.add_argument("--policy", default="fcfs", help="scheduling policy (fcfs, priority, plas, gittins, ...)")
     p.add_argument("--served-model-name", default=None, help="model name clients must send")
     p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
     p.add_argument("--tool-call-parser", default=None, choices=sorted(PARSERS),

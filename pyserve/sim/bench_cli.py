@@ -23,7 +23,9 @@ from pyserve.sim.report import plot_sweep, run_table, summarize, sweep_tables
 from pyserve.sim.trace import load_trace
 from pyserve.sim.workloads import SHAREGPT_SOURCES, WORKLOADS, generate
 
-DEFAULT_POLICIES = "vllm,vllm-opt,mlfq,plas,atlas,srpt"
+DEFAULT_POLICIES = "vllm,vllm-opt,plas,atlas,gittins,srpt"
+# Enough rates to resolve the knee of the default Mixed sweep (vllm-opt bends near 1-2/s).
+DEFAULT_RATES = "0.25,0.5,1,1.5,2,3,4"
 
 
 def _add_setup_args(p: argparse.ArgumentParser) -> None:
@@ -120,7 +122,7 @@ def register_compare(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         default=DEFAULT_POLICIES,
         help="comma-separated; unknown names are skipped with a warning",
     )
-    p.add_argument("--rates", default="0.1,0.5,2,4", help="comma-separated programs/s")
+    p.add_argument("--rates", default=DEFAULT_RATES, help="comma-separated programs/s")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sharegpt-source", choices=SHAREGPT_SOURCES, default="synthetic")
     p.add_argument(

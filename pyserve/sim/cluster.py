@@ -110,6 +110,11 @@ class ClusterExecutor:
         self.routed[e] += 1
         return gid
 
+    def end_program(self, program_id: str) -> None:
+        """The program made its last call: it leaves the shared program table."""
+        if program_id in self.programs:
+            self.programs.end(program_id)
+
     def has_unfinished(self) -> bool:
         return any(eng.busy() or eng.inbox for eng in self.engines)
 

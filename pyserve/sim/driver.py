@@ -216,7 +216,9 @@ class Driver:
     not use): ``remaining_hint`` = the call's output tokens and ``program_remaining_hint`` = the
     program's unfinished output tokens (the sjf/srpt oracles), and ``ltr_score`` = output tokens
     times ``exp(ltr_sigma * z)``, z ~ N(0, 1) seeded per call — a stand-in for a learned ranker
-    (``ltr_sigma = 0`` ranks perfectly).
+    (``ltr_sigma = 0`` ranks perfectly). An executor with an ``end_program(program_id)`` method
+    is told when a program's last call finished, as a client ends a program (``gittins`` learns
+    program sizes from these ends).
     """
 
     def __init__(
@@ -234,6 +236,7 @@ class Driver:
         if not (ltr_sigma >= 0 and math.isfinite(ltr_sigma)):
             raise ValueError(f"ltr_sigma must be finite and >= 0, got {ltr_sigma}")
         self.ex, self.book = executor, book
+        self._end_program = getattr(executor, "end_program", None)
         self.c = _Calls(programs)
         self.vocab_size, self.ltr_sigma = vocab_size, ltr_sigma
         self.emit_trace_tokens = emit_trace_tokens
@@ -357,6 +360,8 @@ class Driver:
             self.full[g] = np.concatenate([self.prompts.pop(g), self.book.tokens[off : off + out]])
         if self.prog_left[pi] == 0:
             self.tokens.pop(pi, None)
+            if self._end_program is not None:
+                self._end_program(self.c.programs[pi].program_id)
         for child in self.c.children[g]:
             self.pending[child] -= 1
             if self.pending[child] == 0:

@@ -149,6 +149,11 @@ class SimExecutor:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
+    def end_program(self, program_id: str) -> None:
+        """The program made its last call: it leaves the program table (its size is learned)."""
+        if program_id in self.scheduler.programs:
+            self.scheduler.end_program(program_id)
+
     def idle_until(self, t: float) -> None:
         """Nothing runs: jump the clock to ``t`` (never backwards)."""
         self.clock = max(self.clock, t)

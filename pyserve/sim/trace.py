@@ -274,10 +274,30 @@ def stable_seed(*parts: str) -> int:
     return int.from_bytes(h.digest(), "little")
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+_SHIFTS = (np.uint64(30), np.uint64(27), np.uint64(31))
+
+
 def _draw(n: int, seed: int, low: int, high: int) -> np.ndarray:
-    # NOTE: Generator.integers fills sequentially, so the first k ids of a draw of n >= k equal a
-    # draw of k: shared prefixes of different lengths agree on their common part.
-    return np.random.Generator(np.random.PCG64(seed)).integers(low, high, n, dtype=np.int32)
+    """``n`` ids in [low, high): SplitMix64 of (seed, position), a counter-based generator.
+
+    NOTE: id i depends only on (seed, i), so the first k ids of a draw of n >= k equal a draw of
+    k: shared prefixes of different lengths agree on their common part. A handful of numpy ops,
+    no generator object per draw (the simulator draws twice per call).
+    """
+    z = np.arange(1, n + 1, dtype=np.uint64)
+    z *= _GOLDEN
+    z += np.uint64(seed)  # NOTE: uint64 arithmetic wraps modulo 2^64, as SplitMix64 needs
+    z ^= z >> _SHIFTS[0]
+    z *= _MIX[0]
+    z ^= z >> _SHIFTS[1]
+    z *= _MIX[1]
+    z ^= z >> _SHIFTS[2]
+    z %= np.uint64(high - low)
+    out = z.astype(np.int32)
+    out += low
+    return out
 
 
 class ProgramTokens:

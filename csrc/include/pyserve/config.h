@@ -45,6 +45,8 @@ struct SchedulerConfig {
   // plas hybrid: order the first calls of programs (no completed call yet) inside their queue by
   // the learned-ranking score, shortest predicted first, instead of by arrival.
   bool plas_ltr_first_call = false;
+  // gittins: size classes by the first call's ltr-score quantile (0: one pooled distribution).
+  int gittins_classes = 4;
   // ltr: a request unscheduled for starve_steps consecutive steps runs at top priority for its
   // next starve_quantum steps.
   int starve_steps = 200;

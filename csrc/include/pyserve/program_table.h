@@ -6,6 +6,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "pyserve/service_distribution.h"
+
 namespace pyserve {
 
 struct ProgramEntry {
@@ -17,8 +19,9 @@ struct ProgramEntry {
   double last_arrival = 0.0;
   double last_completion = 0.0;
   int engine_id = -1;
-  bool implicit = true;  // created by a call, not by start_program
-  bool ended = false;    // end_program called while calls were active
+  bool implicit = true;    // created by a call, not by start_program
+  bool ended = false;      // end_program called while calls were active
+  int service_class = -1;  // gittins: size class (first call's ltr-score bucket), -1 = unknown
   // The last call ended with a tool call: the agent runs the tool and calls again with the same
   // context (KV retention may keep its blocks). Cleared when the program's next call arrives.
   bool coming_back = false;
@@ -61,10 +64,20 @@ class ProgramTable {
   double ttl() const { return ttl_s_; }
   void set_ttl(double ttl_s) { ttl_s_ = ttl_s; }
   std::vector<std::string> ids() const;
+  /// Sizes (critical-path service) of the programs that completed: ended explicitly, untagged
+  /// calls that finished, or idle programs collected by TTL (gittins learns from it).
+  const ServiceDistribution& service() const { return service_; }
+  ServiceDistribution& service() { return service_; }
+  /// An untagged call's one-call program (kept out of the table) completed: its size is learned.
+  void solo_completed(const ProgramEntry& e);
 
  private:
+  /// A program leaves the table: its size joins the distribution (if it got any service).
+  void completed(const ProgramEntry& e);
+
   double ttl_s_;
   mutable std::mutex mu_;
+  ServiceDistribution service_;
   std::unordered_map<std::string, ProgramEntry> entries_;
 };
 
