@@ -37,6 +37,7 @@ ProgramEntry& ProgramTable::call_arrived(const std::string& id, double now) {
     e.last_completion = now;
   }
   ++e.active_calls;
+  e.coming_back = false;
   e.last_arrival = std::max(e.last_arrival, now);
   return e;
 }
@@ -51,6 +52,11 @@ void ProgramTable::call_finished(const std::string& id, double call_service, dou
   e.active_calls = std::max(0, e.active_calls - 1);
   e.last_completion = std::max(e.last_completion, now);
   if (e.active_calls == 0 && e.ended) entries_.erase(it);
+}
+
+void ProgramTable::mark_coming_back(const std::string& id) {
+  auto it = entries_.find(id);
+  if (it != entries_.end()) it->second.coming_back = true;
 }
 
 int ProgramTable::collect(double now) {

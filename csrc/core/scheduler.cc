@@ -13,8 +13,13 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, std::vector<TokenId> eos_token_
       eos_(std::move(eos_token_ids)),
       programs_(programs ? std::move(programs) : std::make_shared<ProgramTable>(cfg.program_ttl_s)),
       policy_(make_policy(cfg)),
+      retention_(make_retention(cfg)),
       gpu_(cfg.num_gpu_blocks, cfg.block_size, cfg.prefix_hash_mask),
-      cpu_(cfg.num_cpu_blocks) {}
+      cpu_(cfg.num_cpu_blocks, cfg.block_size, cfg.prefix_hash_mask) {
+  // NOTE: the hook runs inside gpu_.allocate(); `this` outlives gpu_ (a member).
+  if (cfg_.enable_prefix_caching)
+    gpu_.set_evict_hook([this](BlockId g, const CacheEntry& e) { on_gpu_evict(g, e); });
+}
 
 SeqId Scheduler::add_request(RequestSpec spec) {
   if (spec.request_id.empty()) throw std::invalid_argument("request_id must not be empty");
@@ -50,6 +55,9 @@ SeqId Scheduler::add_request(RequestSpec spec) {
   // An untagged call is its own one-call program (dropped from the table when it finishes).
   q.program_key = q.spec.program_id.empty() ? std::string("\001") + "call:" + q.spec.request_id
                                             : q.spec.program_id;
+  if (const ProgramEntry* before = programs_->find(q.program_key))
+    retention_->on_call_arrival(*before, now_);
+  if (!q.spec.program_id.empty()) owner_keys_.emplace(hash_string(q.program_key), q.program_key);
   q.program = &programs_->call_arrived(q.program_key, now_);
   policy_->on_arrival(q, now_);
   enqueue(waiting_, q);
@@ -116,6 +124,7 @@ const StepPlan& Scheduler::schedule() {
   budget_ = cfg_.max_num_batched_tokens;
   preempted_this_step_ = false;
   if (policy_->needs_refresh()) refresh_queued();
+  if (!pins_.empty()) expire_pins();
   if (now_ >= next_collect_) {  // TTL collection of idle programs, a few times per TTL
     programs_->collect(now_);
     next_collect_ = now_ + programs_->ttl() / 8;
@@ -157,6 +166,8 @@ SchedulerStats Scheduler::stats() const {
   s.gpu_blocks_cached = gpu_.num_cached();
   s.cpu_blocks_free = cpu_.num_free();
   s.cpu_blocks_total = cpu_.num_blocks();
+  s.cpu_blocks_cached = cpu_.num_cached();
+  for (const auto& [key, pin] : pins_) s.gpu_blocks_pinned += int(pin.blocks.size());
   return s;
 }
 

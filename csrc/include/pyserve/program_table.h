@@ -18,6 +18,7 @@ struct ProgramEntry {
   int engine_id = -1;
   bool implicit = true;  // created by a call, not by start_program
   bool ended = false;    // end_program called while calls were active
+  bool coming_back = false;  // its last call ended in a tool call: it will send another
 };
 
 /// program id -> entry. Shared (shared_ptr) by every scheduler behind one router, so a call's
@@ -38,6 +39,9 @@ class ProgramTable {
   ProgramEntry& call_arrived(const std::string& id, double now);
   /// Folds a finished or aborted call's service and wait into its program.
   void call_finished(const std::string& id, double call_service, double call_wait, double now);
+  /// The program's current call ends in a tool call (it will be back); cleared by its next
+  /// call's arrival. Unknown ids are ignored (the program may already be collected).
+  void mark_coming_back(const std::string& id);
   /// Removes idle programs: no active call and no activity for ttl seconds. Returns how many.
   int collect(double now);
   size_t size() const { return entries_.size(); }
