@@ -99,6 +99,7 @@ void Scheduler::prefetch_waiting() {
 }
 
 void Scheduler::pin_finished(Request& r) {
+  if (r.spec.program_id.empty()) return;  // an untagged call is its own one-call program
   const RetentionView v = view_of(r.program_key, r.num_tokens());
   const double seconds = retention_->pin_seconds(v);
   if (!(seconds > 0.0)) return;
