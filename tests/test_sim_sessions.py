@@ -23,7 +23,7 @@ def test_import_excerpt_structure_and_round_trip(tmp_path):
     joined = [c for c in sub.calls if threads[-1].call_id in c.parents]
     assert len(joined) == 1 and len(joined[0].parents) == 2  # the session call after it joins
     for c in sub.calls:
-        assert c.hash_block_tokens == 64 and len(c.hash_ids) <= 48
+        assert c.hash_block_tokens == 64 and len(c.hash_ids) * 64 <= c.prompt_tokens
     write_trace(programs, tmp_path / "t.jsonl")
     again = parse_trace((tmp_path / "t.jsonl").read_text().splitlines())
     assert [program_to_dict(p) for p in again] == [program_to_dict(p) for p in programs]
@@ -88,3 +88,13 @@ def test_trace_rejects_bad_hash_fields():
         parse_trace([base + '"output_tokens":1,"hash_ids":[1]}]}'])
     with pytest.raises(ValueError, match="line 1: .*hash_ids must be a list of integers"):
         parse_trace([base + '"output_tokens":1,"hash_ids":[-1],"hash_block_tokens":4}]}'])
+
+
+def test_sessions_end_before_a_too_long_request():
+    full = import_sessions(DATA, num_sessions=2, rate=1.0, seed=3)
+    cut = import_sessions(DATA, num_sessions=2, rate=1.0, seed=3, max_prompt_tokens=1500)
+    for a, b in zip(full, cut, strict=True):
+        assert b.calls and all(c.prompt_tokens <= 1500 for c in b.calls)
+        assert [c.call_id for c in b.calls] == [c.call_id for c in a.calls[: len(b.calls)]]
+    with pytest.raises(ValueError, match="within 10 tokens"):
+        import_sessions(DATA, num_sessions=1, rate=1.0, max_prompt_tokens=10)

@@ -28,6 +28,12 @@ def register_gen(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument(
         "--max-calls", type=int, default=None, help="claude-code: keep a session's first N calls"
     )
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=None,
+        help="claude-code: end a session before its first longer request (the model's context)",
+    )
     p.add_argument("--programs", type=int, required=True, help="number of programs")
     p.add_argument(
         "--rate",
@@ -52,7 +58,8 @@ def _gen(args: argparse.Namespace) -> int:
     if args.workload == "claude-code":
         if args.source is None or args.rate is None:
             raise ValueError("--workload claude-code needs --source DIR and --rate")
-        programs = import_sessions(args.source, args.programs, args.rate, args.seed, args.max_calls)
+        programs = import_sessions(args.source, args.programs, args.rate, args.seed,
+                                   args.max_calls, args.max_prompt_tokens)  # fmt: skip
     else:
         programs = generate(
             args.workload, args.programs, args.rate, args.seed, args.sharegpt_source

@@ -102,9 +102,12 @@ def _check_request(req: object, nested: bool) -> None:
 
 
 def session_program(obj: dict, program_id: str, arrival_s: float, namespace: int,
-                    max_calls: int | None = None) -> Program:  # fmt: skip
+                    max_calls: int | None = None,
+                    max_prompt_tokens: int | None = None) -> Program:  # fmt: skip
     """One program from a parsed trace file (see the module docstring).
 
+    The session ends before its first request longer than ``max_prompt_tokens`` (the model's
+    context; a subagent with one is cut there).
     NOTE: a subagent entry's ``t`` is when its result came back (it started ``duration_ms``
     earlier); the session request after it waited for it, so that request joins the subagent and
     is released ``t_request - t_marker`` after it instead of its ``think_time``.
@@ -121,13 +124,17 @@ def session_program(obj: dict, program_id: str, arrival_s: float, namespace: int
             prev_end = float(prev["t"]) + float(prev.get("api_time", 0)) if prev else 0.0
             last = prev["call_id"] if prev else None
             for j, sub in enumerate(req["requests"]):
+                if max_prompt_tokens is not None and sub["in"] > max_prompt_tokens:
+                    break
                 cid = f"a{k}.{j}"
                 tool = max(0.0, start - prev_end) if j == 0 else float(sub.get("think_time", 0))
                 calls.append(_call(cid, sub, [last] if last else [], tool, bs, namespace))
                 last = cid
-            if req["requests"]:
+            if last != (prev["call_id"] if prev else None):
                 joins.append((float(req["t"]), last))
             continue
+        if max_prompt_tokens is not None and req["in"] > max_prompt_tokens:
+            break
         cid = f"c{k}"
         parents = [prev["call_id"]] if prev else []
         tool = float(req.get("think_time", 0.0)) if prev else 0.0
@@ -154,9 +161,12 @@ def _call(cid: str, req: dict, parents: list[str], tool_s: float, bs: int, ns: i
 
 
 def import_sessions(source: str | Path, num_sessions: int, rate: float, seed: int = 0,
-                    max_calls: int | None = None) -> list[Program]:  # fmt: skip
+                    max_calls: int | None = None,
+                    max_prompt_tokens: int | None = None) -> list[Program]:  # fmt: skip
     """``num_sessions`` programs from the ``*.json`` traces under ``source`` (or its ``traces/``),
     arriving as a Poisson process of ``rate`` sessions/s. ValueError for a bad file or argument.
+    ``max_calls``: keep a session's first calls; ``max_prompt_tokens``: end a session before its
+    first longer request (see :func:`session_program`).
     """
     if num_sessions < 1:
         raise ValueError(f"num_sessions must be >= 1, got {num_sessions}")
@@ -170,13 +180,20 @@ def import_sessions(source: str | Path, num_sessions: int, rate: float, seed: in
     arrivals = np.cumsum(rng.exponential(1.0 / rate, num_sessions))
     order = rng.permutation(len(files))
     parsed: dict[int, dict] = {}
-    programs = []
+    programs: list[Program] = []
+    k = 0  # next file in the seeded order; a file whose first request is too long is skipped
     for s in range(num_sessions):
-        f = int(order[s % len(files)])
-        if f not in parsed:
-            parsed[f] = load_session_file(files[f])
-        pid = f"{files[f].stem}#{s}"
-        programs.append(
-            session_program(parsed[f], pid, float(arrivals[s]), (s + 1) << 32, max_calls)
-        )
+        for _ in range(len(files)):
+            f = int(order[k % len(files)])
+            k += 1
+            if f not in parsed:
+                parsed[f] = load_session_file(files[f])
+            pid = f"{files[f].stem}#{s}"
+            p = session_program(parsed[f], pid, float(arrivals[s]), (s + 1) << 32, max_calls,
+                                max_prompt_tokens)  # fmt: skip
+            if p.calls:
+                programs.append(p)
+                break
+        else:
+            raise ValueError(f"no trace under {root} has a request within {max_prompt_tokens} tokens")
     return programs
