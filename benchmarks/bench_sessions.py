@@ -14,11 +14,11 @@ The host tier is ``--cpu-cache-gib`` (1 TiB by default). Per run it prints a JSO
 P95 session latency, mean TTFT, mean latency per token, prefix hit rate (GPU + host), host hits,
 and the simulator's speed (simulated hours per wall minute). Then, per configuration, the
 sustainable session rate: the highest rate (linear interpolation over the sweep) whose mean
-session latency stays within 2x the unloaded one (sessions replayed one at a time). Writes
+session latency stays within 2x the unloaded one (the same sessions replayed one at a time). Writes
 ``benchmarks/results/sessions.jsonl``, ``sessions.md`` and ``sessions.png``.
 
     python benchmarks/bench_sessions.py --source DIR [--preset llama3-70b-4xh100]
-        [--sessions 40] [--rates 0.01,0.02,0.04] [--max-calls 30] [--configs ...]
+        [--sessions 20] [--rates 0.005,0.02,0.1] [--max-calls 20] [--configs ...]
 """
 
 from __future__ import annotations
@@ -126,12 +126,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--source", required=True, help="kv-cache-tester checkout or its traces/")
     ap.add_argument("--preset", default="llama3-70b-4xh100")
-    ap.add_argument("--sessions", type=int, default=40)
-    ap.add_argument("--rates", default="0.01,0.02,0.04")
-    ap.add_argument("--max-calls", type=int, default=30, help="calls kept per session")
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--rates", default="0.005,0.02,0.1")
+    ap.add_argument("--max-calls", type=int, default=20, help="calls kept per session")
+    ap.add_argument("--max-prompt-tokens", type=int, default=131072,
+                    help="end a session before a longer request (Llama-3.1's 128K context)")  # fmt: skip
     ap.add_argument("--cpu-cache-gib", type=float, default=1024.0)
     ap.add_argument("--configs", default=",".join(CONFIGS))
-    ap.add_argument("--unloaded-sessions", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS / "sessions"))
     args = ap.parse_args()
@@ -139,11 +140,14 @@ def main() -> None:
     configs = args.configs.split(",")
     rows = []
     t0 = time.perf_counter()
-    unloaded = import_sessions(args.source, args.unloaded_sessions, 1.0, args.seed, args.max_calls)
-    base = unloaded_latency(unloaded, "vllm-opt", args.preset, args.cpu_cache_gib)
+    # NOTE: the sessions (files and order) depend on the seed only, not on the rate.
+    same = import_sessions(args.source, args.sessions, 1.0, args.seed, args.max_calls,
+                           args.max_prompt_tokens)  # fmt: skip
+    base = unloaded_latency(same, "vllm-opt", args.preset, args.cpu_cache_gib)
     print(json.dumps({"unloaded_session_latency_s": base, "preset": args.preset}), flush=True)
     for rate in rates:
-        programs = import_sessions(args.source, args.sessions, rate, args.seed, args.max_calls)
+        programs = import_sessions(args.source, args.sessions, rate, args.seed, args.max_calls,
+                                   args.max_prompt_tokens)  # fmt: skip
         for config in configs:
             row = {"rate": rate, **run(programs, config, args.preset, args.cpu_cache_gib)}
             rows.append(row)

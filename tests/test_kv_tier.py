@@ -9,16 +9,15 @@ from pyserve import LLM, SamplingParams, _core
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 LONG = "The quick brown fox jumps over the lazy dog while the cat watches from the old fence"
 FILLERS = [f"Filler prompt number {i} talks about something unrelated to foxes at all" for i in
-           range(6)]  # fmt: skip
+           range(3)]  # fmt: skip
 
 
 def test_prompt_served_from_host_tier_matches_recompute():
-    ref = LLM("builtin:tiny", kv_cache_bytes=16 << 20, enable_prefix_caching=False)
-    want = ref.generate(LONG, GREEDY, use_tqdm=False)[0].token_ids
     # 24 GPU blocks of 4 tokens: the fillers evict LONG's cached blocks to the host tier.
     llm = LLM("builtin:tiny", num_gpu_blocks=24, block_size=4, max_model_len=96,
               swap_space_bytes=4 << 20, kv_retention="lru")  # fmt: skip
-    assert llm.generate(LONG, GREEDY, use_tqdm=False)[0].token_ids == want
+    want = llm.generate(LONG, GREEDY, use_tqdm=False)[0].token_ids  # computed: nothing cached
+    assert llm.engine.stats()["prefix_hit_tokens"] == 0
     for f in FILLERS:
         llm.generate(f, GREEDY, use_tqdm=False)
         llm.engine.core.check_invariants()
@@ -121,7 +120,8 @@ def test_program_pins_only_when_coming_back_and_drops_ended_programs():
     assert s.stats()["gpu_blocks_pinned"] == 0
     before = s.stats()["blocks_offloaded"]
     for i in range(4):
-        _run_call(s, f"f{i}", [100 + i] * 32)  # untagged: their blocks have no live program
+        _run_call(s, f"f{i}", [100 + i] * 32, program=f"pf{i}")
+        s.end_program(f"pf{i}")  # ended programs: their blocks drop instead of moving
     st = s.stats()
     # only pa's blocks (a live program) may have moved to the host tier: at most 8
     assert 0 < st["blocks_offloaded"] - before <= 8, st

@@ -98,3 +98,30 @@ def test_sessions_end_before_a_too_long_request():
         assert [c.call_id for c in b.calls] == [c.call_id for c in a.calls[: len(b.calls)]]
     with pytest.raises(ValueError, match="within 10 tokens"):
         import_sessions(DATA, num_sessions=1, rate=1.0, max_prompt_tokens=10)
+
+
+def test_cli_host_tier_and_retention_options(tmp_path):
+    import argparse
+
+    from pyserve.server.cli import engine_kwargs, register
+    from pyserve.sim.bench_cli import register_run, setup_from_args
+    from pyserve.sim.executor import SimSetup
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    register_run(sub)
+    args = sub.choices["run"].parse_args(
+        ["--trace", "t.jsonl", "--policy", "plas", "--cpu-cache-gib", "2",
+         "--kv-retention", "program"]
+    )  # fmt: skip
+    setup = setup_from_args(args)
+    assert setup.swap_space_gib == 2.0 and setup.kv_retention == "program"
+    with pytest.raises(SystemExit):
+        sub.choices["run"].parse_args(["--trace", "t", "--policy", "fcfs", "--kv-retention", "mru"])
+    # vllm-opt keeps vLLM's defaults whatever the host-tier options say
+    core, base, chunked = SimSetup(swap_space_gib=64.0, kv_retention="program").resolve("vllm-opt")
+    assert (core, base.swap_space_gib, base.kv_retention, chunked) == ("fcfs", 0.0, "lru", True)
+    sub2 = argparse.ArgumentParser().add_subparsers()
+    register(sub2)
+    kw = engine_kwargs(sub2.choices["serve"].parse_args(
+        ["--cpu-cache-gib", "0.5", "--kv-retention", "ttl"]))  # fmt: skip
+    assert kw["swap_space_bytes"] == 2**29 and kw["kv_retention"] == "ttl"

@@ -25,13 +25,17 @@ void Scheduler::on_gpu_evict(BlockId g, const CacheEntry& e) {
   // the step's swap-ins, copies and forward (docs/interfaces.md), so g may be rewritten safely.
   if (cpu_.num_blocks() == 0 || cpu_.holds(e.hash, e.uid)) return;
   std::string key;
+  bool ended = false;
   if (auto it = owner_keys_.find(e.owner); it != owner_keys_.end()) {
+    ended = it->second.empty();
     if (programs_->contains(it->second))
       key = it->second;
-    else
-      owner_keys_.erase(it);
+    else if (!ended)
+      owner_keys_.erase(it);  // collected by the table's TTL: unknown from now on
   }
-  if (!retention_->keep_on_host(view_of(key, 0))) return;
+  RetentionView v = view_of(key, 0);
+  v.ended = ended;
+  if (!retention_->keep_on_host(v)) return;
   BlockId c = cpu_.allocate();  // may drop the least recently used host block
   if (c == kNoBlock) return;
   if (cpu_.adopt(c, e)) {
@@ -74,7 +78,7 @@ void Scheduler::prefetch_waiting() {
   const int reserve = gpu_.num_blocks() / 8;
   int budget = cfg_.retention_prefetch_blocks, looked = 0;
   for (const auto& [key, id] : waiting_) {
-    if (budget <= 0 || ++looked > 4) return;
+    if (budget <= 0 || ++looked > 1) return;  // the head only: it is admitted next
     Request& r = req(id);
     if (!r.blocks.empty()) continue;
     const auto& hs = chain_hashes(r);
@@ -120,7 +124,8 @@ void Scheduler::pin_finished(Request& r) {
 void Scheduler::release_pin(const std::string& key) {
   auto it = pins_.find(key);
   if (it == pins_.end()) return;
-  for (BlockId b : it->second.blocks) gpu_.decref(b);
+  const auto& blocks = it->second.blocks;
+  for (auto b = blocks.rbegin(); b != blocks.rend(); ++b) gpu_.decref(*b);  // tail first (LRU)
   pins_.erase(it);
 }
 
@@ -129,6 +134,12 @@ void Scheduler::release_pins_of(const std::string& program_key) {
   for (const auto& [key, pin] : pins_)
     if (pin.program_key == program_key) keys.push_back(key);
   for (const auto& key : keys) release_pin(key);
+}
+
+void Scheduler::end_program(const std::string& id) {
+  release_pins_of(id);
+  programs_->end(id);
+  if (auto it = owner_keys_.find(hash_string(id)); it != owner_keys_.end()) it->second.clear();
 }
 
 void Scheduler::release_all_pins() {

@@ -18,7 +18,9 @@ SeqId Scheduler::pick_victim(bool respect_protection) {
 }
 
 void Scheduler::free_gpu_blocks(Request& r) {
-  for (BlockId b : r.blocks) gpu_.decref(b);
+  // NOTE: last block first, so the LRU free list evicts a sequence's tail before its prefix (an
+  // evicted prefix would orphan every cached block after it, on either tier).
+  for (auto it = r.blocks.rbegin(); it != r.blocks.rend(); ++it) gpu_.decref(*it);
   r.blocks.clear();
   r.block_hashes.clear();
   r.chain_tail_uid = 0;

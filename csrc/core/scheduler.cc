@@ -57,7 +57,8 @@ SeqId Scheduler::add_request(RequestSpec spec) {
                                             : q.spec.program_id;
   if (const ProgramEntry* before = programs_->find(q.program_key))
     retention_->on_call_arrival(*before, now_);
-  if (!q.spec.program_id.empty()) owner_keys_.emplace(hash_string(q.program_key), q.program_key);
+  if (!q.spec.program_id.empty())
+    owner_keys_.insert_or_assign(hash_string(q.program_key), q.program_key);
   q.program = &programs_->call_arrived(q.program_key, now_);
   policy_->on_arrival(q, now_);
   enqueue(waiting_, q);

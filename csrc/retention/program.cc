@@ -1,13 +1,14 @@
 // program (pyserve): retention from what the program table knows.
 // - Pin a finished call's GPU blocks only when the program will be back (its call ended in a tool
-//   call) and is live; pin for ~the measured think time: the 90th percentile of the think times
-//   seen so far (arrival of a call minus the end of its program's previous call), times 1.5,
-//   capped at retention_ttl_max_s (60 s until 8 think times are measured).
+//   call) and is live; pin for ~the measured think time: the median of the think times seen so
+//   far (arrival of a call minus the end of its program's previous call), times 1.5, capped at
+//   retention_ttl_max_s (60 s until 8 think times are measured).
 // - Under pressure the pin of least value goes first: value = context tokens / ((1 + attained
 //   service s) * expected think s): big contexts of young programs that come back soon stay.
-// - An evicted block goes to the host tier while its program is live and was last active less
-//   than twice the 99th-percentile think time ago; blocks of finished or long-idle programs drop.
-// - Host-tier blocks of waiting calls are prefetched to the GPU before admission.
+// - An evicted block goes to the host tier unless its program was ended (end_program) or has
+//   been idle, not coming back, for more than twice the 99th-percentile think time: such blocks
+//   drop. A block whose program the table no longer knows (collected) is kept, as under lru.
+// - Host-tier blocks of the head waiting call are prefetched to the GPU before its admission.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -49,14 +50,15 @@ class ProgramRetention : public Retention {
 
   double pin_seconds(const RetentionView& v) const override {
     if (!v.program || v.program->ended || !v.program->coming_back) return 0.0;
-    return std::min(max_s_, 1.5 * expected_think(0.9));
+    return std::min(max_s_, 1.5 * expected_think(0.5));
   }
   double pin_value(const RetentionView& v, double expiry) const override {
     const double service = v.program ? v.program->service : 0.0;
     return v.context_tokens / ((1.0 + service) * std::max(0.1, expected_think(0.5)));
   }
   bool keep_on_host(const RetentionView& v) const override {
-    if (!v.program || v.program->ended) return false;
+    if (v.ended || (v.program && v.program->ended)) return false;
+    if (!v.program) return true;
     if (v.program->active_calls > 0 || v.program->coming_back) return true;
     const double idle = v.now - std::max(v.program->last_arrival, v.program->last_completion);
     return idle < 2.0 * expected_think(0.99);

@@ -12,7 +12,8 @@ namespace pyserve {
 /// What the scheduler tells a retention policy about one program's KV.
 struct RetentionView {
   double now = 0.0;
-  const ProgramEntry* program = nullptr;  // null: the program is gone (ended or collected)
+  const ProgramEntry* program = nullptr;  // null: unknown (untagged, collected or ended)
+  bool ended = false;                     // end_program ended it: it will not be back
   int context_tokens = 0;                 // tokens of the finished call (prompt + output)
   double gpu_free_fraction = 1.0;         // free (incl. cached) GPU blocks / all GPU blocks
 };

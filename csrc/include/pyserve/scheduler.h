@@ -52,10 +52,7 @@ class Scheduler {
 
   /// Programs (sessions): explicit start / end; calls may also start them implicitly.
   void start_program(const std::string& id) { programs_->start(id, now_); }
-  void end_program(const std::string& id) {
-    release_pins_of(id);
-    programs_->end(id);
-  }
+  void end_program(const std::string& id);
   /// The program's current call ends in a tool call: it will be back (retention policies).
   void mark_coming_back(const std::string& id) { programs_->mark_coming_back(id); }
   const ProgramTable& programs() const { return *programs_; }
@@ -153,7 +150,8 @@ class Scheduler {
     double value = 0.0;
   };
   std::unordered_map<std::string, Pin> pins_;
-  std::unordered_map<uint64_t, std::string> owner_keys_;  // hash_string(program key) -> key
+  // hash_string(program key) -> key; "" once end_program ended it (its blocks may be dropped).
+  std::unordered_map<uint64_t, std::string> owner_keys_;
   int budget_ = 0;
   bool preempted_this_step_ = false;
   std::vector<std::pair<Key, SeqId>> sort_buf_;
