@@ -18,7 +18,7 @@ session latency stays within 2x the unloaded one (the same sessions replayed one
 ``benchmarks/results/sessions.jsonl``, ``sessions.md`` and ``sessions.png``.
 
     python benchmarks/bench_sessions.py --source DIR [--preset llama3-70b-4xh100]
-        [--sessions 20] [--rates 0.005,0.02,0.1] [--max-calls 20] [--configs ...]
+        [--sessions 30] [--rates 0.01,0.03,0.1] [--max-calls 30] [--configs ...]
 """
 
 from __future__ import annotations
@@ -126,9 +126,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--source", required=True, help="kv-cache-tester checkout or its traces/")
     ap.add_argument("--preset", default="llama3-70b-4xh100")
-    ap.add_argument("--sessions", type=int, default=20)
-    ap.add_argument("--rates", default="0.005,0.02,0.1")
-    ap.add_argument("--max-calls", type=int, default=20, help="calls kept per session")
+    ap.add_argument("--sessions", type=int, default=30)
+    ap.add_argument("--rates", default="0.01,0.03,0.1")
+    ap.add_argument("--max-calls", type=int, default=30, help="calls kept per session")
     ap.add_argument("--max-prompt-tokens", type=int, default=131072,
                     help="end a session before a longer request (Llama-3.1's 128K context)")  # fmt: skip
     ap.add_argument("--cpu-cache-gib", type=float, default=1024.0)
