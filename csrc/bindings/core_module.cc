@@ -68,8 +68,7 @@ void bind_config(py::module_& m) {
       .def_readwrite("kv_retention", &SchedulerConfig::kv_retention)
       .def_readwrite("retention_ttl_max_s", &SchedulerConfig::retention_ttl_max_s)
       .def_readwrite("retention_ttl_scale", &SchedulerConfig::retention_ttl_scale)
-      .def_readwrite("retention_reload_s_per_token",
-                     &SchedulerConfig::retention_reload_s_per_token)
+      .def_readwrite("retention_reload_s_per_token", &SchedulerConfig::retention_reload_s_per_token)
       .def_readwrite("retention_prefetch_blocks", &SchedulerConfig::retention_prefetch_blocks)
       .def("validate", &SchedulerConfig::validate);
 }

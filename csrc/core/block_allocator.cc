@@ -191,7 +191,8 @@ BlockId BlockAllocator::register_child(BlockId b, uint64_t parent_uid, uint64_t 
   *hash = h;
   if (meta_[b].hash_valid) return b;  // already cached (a prefix hit)
   auto it = cache_.find(h);
-  if (it != cache_.end()) return matches(it->second, parent_uid, tokens, salt_hash) ? it->second : b;
+  if (it != cache_.end())
+    return matches(it->second, parent_uid, tokens, salt_hash) ? it->second : b;
   insert(b, CacheEntry{h, next_cache_uid(), parent_uid, salt_hash, owner, tokens});
   return b;
 }

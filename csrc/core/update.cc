@@ -34,7 +34,8 @@ void Scheduler::register_full_blocks(Request& r) {
     if (c != kNoBlock && gpu_.adopt(r.blocks[i], cpu_.entry(c))) {
       canon = r.blocks[i];  // recomputed content the host tier already has: same uid
     } else {
-      canon = gpu_.register_child(r.blocks[i], parent_uid, parent_hash, blk, r.salt_hash, owner, &h);
+      canon =
+          gpu_.register_child(r.blocks[i], parent_uid, parent_hash, blk, r.salt_hash, owner, &h);
     }
     r.chain_tail_uid = gpu_.uid(canon);
     r.block_hashes.push_back(h);

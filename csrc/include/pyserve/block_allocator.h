@@ -19,7 +19,7 @@ uint64_t hash_string(const std::string& s);
 /// parent by uid, so a chain stays verifiable across tiers.
 struct CacheEntry {
   uint64_t hash = 0;
-  uint64_t uid = 0;  // 0: not cached
+  uint64_t uid = 0;         // 0: not cached
   uint64_t parent_uid = 0;  // 0: first block of a sequence
   uint64_t salt = 0;
   uint64_t owner = 0;  // hash_string of the registering call's program key (retention policies)

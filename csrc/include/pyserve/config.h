@@ -14,7 +14,7 @@ struct SchedulerConfig {
   // blocks the retention policy keeps move here when evicted). 0: neither (swap mode falls back
   // to recompute).
   int num_cpu_blocks = 0;
-  int block_size = 16;     // tokens per block, a power of two
+  int block_size = 16;  // tokens per block, a power of two
   bool enable_prefix_caching = true;
   // NOTE: test hook. Chained hashes are AND-ed with this mask; a small mask forces collisions so
   // tests can show that verification never aliases different tokens. Production keeps ~0.

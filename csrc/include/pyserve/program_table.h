@@ -16,8 +16,8 @@ struct ProgramEntry {
   double last_arrival = 0.0;
   double last_completion = 0.0;
   int engine_id = -1;
-  bool implicit = true;  // created by a call, not by start_program
-  bool ended = false;    // end_program called while calls were active
+  bool implicit = true;      // created by a call, not by start_program
+  bool ended = false;        // end_program called while calls were active
   bool coming_back = false;  // its last call ended in a tool call: it will send another
 };
 
