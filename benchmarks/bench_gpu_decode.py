@@ -17,12 +17,12 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from pyserve.attention.base import build_attention_metadata
-from pyserve.attention.paging import StepPlanLike
 from pyserve.kv.cache import KVCache
 from pyserve.model.config import ModelConfig
 from pyserve.model.registry import get_model_class
@@ -117,7 +117,8 @@ def step_plan(q_lens: list[int], ctx_lens: list[int], num_decodes: int, blocks: 
     pos = np.concatenate([np.arange(c - q, c) for q, c in zip(q_lens, ctx_lens, strict=True)])
     seq = np.repeat(np.arange(len(q_lens)), q_lens)
     slots = indices[kv[seq] + pos // BLOCK].astype(np.int64) * BLOCK + pos % BLOCK
-    return StepPlanLike(
+    # NOTE: build_attention_metadata reads these StepPlan fields by name (docs/interfaces.md).
+    return SimpleNamespace(
         num_decodes=num_decodes, num_prefills=len(q_lens) - num_decodes,
         input_ids=np.zeros(len(pos), i32), positions=pos.astype(i32), slot_mapping=slots,
         qo_indptr=qo, kv_indptr=kv, kv_indices=indices,

@@ -2,8 +2,12 @@
 
 256 requests of 128 prompt + 128 output tokens (ignore_eos) on `builtin:tiny` and on a ~100M
 parameter Llama-shaped random-weight folder (built once with transformers' save_pretrained).
-Reports output tokens/s and the fraction of step time spent outside the model forward (Python +
-C++ core + sampling + metadata), at the largest decode batch. One JSON line per case.
+Drives the engine as ``LLM.generate`` does (messages in, StepReports out, the offline
+OutputProcessor between steps). Reports output tokens/s and, over full-batch decode steps, the
+median share of step time spent outside the model forward (core + sampling + metadata +
+post-processing) and the share spent in post-processing alone (building the report from the
+core's and consuming it: detokenizing, stop strings, outputs), with the per-step host
+milliseconds. One JSON line per case.
 
     python benchmarks/bench_offline.py [--requests 256] [--models tiny,100m]
 """
@@ -22,6 +26,8 @@ import numpy as np
 import torch
 
 from pyserve import LLM, SamplingParams
+from pyserve.engine.messages import AddCall, CallSpec
+from pyserve.engine.output_processor import OutputProcessor
 from pyserve.model.loader import resolve_model_path
 
 PROMPT, OUTPUT = 128, 128
@@ -54,20 +60,30 @@ def run(model: str, n: int, budget: int) -> dict:
     prompts = [rng.integers(3, vocab, size=PROMPT).tolist() for _ in range(n)]
     params = SamplingParams(max_tokens=OUTPUT, temperature=0.0, ignore_eos=True)
     eng = llm.engine
+    proc = OutputProcessor(eng.tokenizer, stream=False)
     for rid, p in enumerate(prompts):
-        eng.add_request(f"b{rid}", p, params)
+        proc.add(eng.handle(AddCall(CallSpec(f"b{rid}", p, params))))
     steps = []
     t0 = time.perf_counter()
     produced = 0
     while eng.has_unfinished():
         s0 = time.perf_counter()
-        outs = eng.step()
-        total = time.perf_counter() - s0
-        produced += sum(len(o.delta_token_ids) for o in outs)
-        steps.append((eng.last_step["num_tokens"], total, eng.runner.last_forward_s))
+        rep = eng.step()
+        s1 = time.perf_counter()
+        proc.process(rep)
+        s2 = time.perf_counter()
+        produced += rep.num_new_tokens
+        post = rep.timings["report_s"] + (s2 - s1)
+        steps.append((rep.num_tokens, s2 - s0, rep.timings["forward_s"], post))
     wall = time.perf_counter() - t0
-    decode = [(t, f) for (nt, t, f) in steps if nt == n]  # full-batch decode steps
-    frac = statistics.median([(t - f) / t for t, f in decode]) if decode else None
+    decode = [(t, f, p) for (nt, t, f, p) in steps if nt == n]  # full-batch decode steps
+
+    def med(values) -> float | None:
+        return statistics.median(values) if decode else None
+
+    outside, post = med([(t - f) / t for t, f, _ in decode]), med([p / t for t, _, p in decode])
+    host_ms = med([(t - f) * 1e3 for t, f, _ in decode])
+    step_ms = med([t * 1e3 for t, _, _ in decode])
     return {
         "model": model,
         "requests": n,
@@ -76,10 +92,10 @@ def run(model: str, n: int, budget: int) -> dict:
         "wall_s": round(wall, 2),
         "steps": len(steps),
         "decode_batch": n,
-        "median_decode_step_ms": round(statistics.median(t for t, _ in decode) * 1e3, 2)
-        if decode
-        else None,
-        "outside_forward_fraction": round(frac, 4) if frac is not None else None,
+        "median_decode_step_ms": None if step_ms is None else round(step_ms, 2),
+        "median_host_ms_per_step": None if host_ms is None else round(host_ms, 2),
+        "outside_forward_fraction": None if outside is None else round(outside, 4),
+        "postprocess_fraction": None if post is None else round(post, 4),
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -88,11 +104,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=256)
     ap.add_argument("--models", default="tiny,100m")
+    ap.add_argument(
+        "--batches",
+        default="",
+        help="comma list of request counts to run instead of --requests (scaling)",
+    )
     ap.add_argument("--budget", type=int, default=8192)
     args = ap.parse_args()
     names = {"tiny": lambda: "builtin:tiny", "100m": llama_100m}
+    counts = [int(b) for b in args.batches.split(",") if b] or [args.requests]
     for key in args.models.split(","):
-        print(json.dumps(run(names[key](), args.requests, args.budget)), flush=True)
+        for n in counts:
+            print(json.dumps(run(names[key](), n, args.budget)), flush=True)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 For each policy a server is started in a subprocess (``python -m pyserve.server.cli serve``) on a
 free loopback port. Programs arrive at their ``arrival_s``; each starts a session
 (``POST /v1/programs``), issues a call once all its parents finished plus its ``tool_s``, tagged
-with ``program_id`` / ``thread_id`` / ``parent_ids``, and ends the session when its last call
+with ``program_id`` (the DAG is honoured client-side), and ends the session when its last call
 finished. Calls stream (``stream_options.include_usage``) with ``ignore_eos`` and exactly the
 trace's output length, so every policy does the same work.
 
@@ -94,10 +94,15 @@ class Replay:
         room = self.ctx - c.output_tokens - 1
         if len(ids) > room:  # keep the newest context (the prompt tail) within max_model_len
             ids, self.truncated = ids[-room:], self.truncated + 1
-        body = {"model": self.model, "prompt": ids, "max_tokens": c.output_tokens,
-                "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
-                "program_id": p.program_id, "thread_id": c.call_id,
-                "parent_ids": [f"{p.program_id}/{x}" for x in c.parents]}  # fmt: skip
+        body = {
+            "model": self.model,
+            "prompt": ids,
+            "max_tokens": c.output_tokens,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "program_id": p.program_id,
+        }
         try:
             await self._stream(client, body)
         except (httpx.HTTPError, ValueError) as exc:

@@ -82,7 +82,7 @@ def _decoding_executor(policy: str, running: int, prompt: int, out: int) -> SimE
     while True:
         r = ex.step()
         book.record(r.sample_seqs, r.sampled, ex.now, r.positions)
-        if r.plan.num_decodes == running:
+        if r.num_decodes == running:
             return ex
 
 

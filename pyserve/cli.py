@@ -40,8 +40,8 @@ def _generate(args: argparse.Namespace) -> int:
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
                             seed=args.seed)  # fmt: skip
     for out in llm.generate(args.prompt, params, use_tqdm=False):
-        print(json.dumps({"prompt": out.prompt, "text": out.text,
-                          "finish_reason": out.finish_reason,
+        c = out.outputs[0]
+        print(json.dumps({"prompt": out.prompt, "text": c.text, "finish_reason": c.finish_reason,
                           "ttft_s": out.metrics.ttft}))  # fmt: skip
     return 0
 

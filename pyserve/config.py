@@ -34,17 +34,21 @@ class CacheConfig:
     enable_prefix_caching: bool = True
 
 
+_CORE_DEFAULTS = _core.SchedulerConfig()  # NOTE: the one source of the scheduler's defaults
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """Batching limits, preemption and policy (see csrc/include/pyserve/config.h)."""
+    """Batching limits, preemption and policy; defaults are the C++ core's
+    (csrc/include/pyserve/config.h)."""
 
-    max_num_batched_tokens: int = 2048
-    max_num_seqs: int = 256
-    policy: str = "fcfs"
-    preemption_mode: str = "recompute"  # recompute | swap
-    kv_retention: str = "lru"  # lru | ttl | program (docs/sessions.md)
-    max_preemptions_per_step: int = 4
-    min_steps_between_preemptions: int = 8
+    max_num_batched_tokens: int = _CORE_DEFAULTS.max_num_batched_tokens
+    max_num_seqs: int = _CORE_DEFAULTS.max_num_seqs
+    policy: str = _CORE_DEFAULTS.policy
+    preemption_mode: str = _CORE_DEFAULTS.preemption_mode  # recompute | swap
+    kv_retention: str = _CORE_DEFAULTS.kv_retention  # lru | ttl | program (docs/sessions.md)
+    max_preemptions_per_step: int = _CORE_DEFAULTS.max_preemptions_per_step
+    min_steps_between_preemptions: int = _CORE_DEFAULTS.min_steps_between_preemptions
     policy_options: dict[str, Any] = field(default_factory=dict)
     # A ranker folder (`pyserve ltr train --out DIR`): scores each request on arrival for `ltr`.
     ltr_model: str | None = None
@@ -83,6 +87,32 @@ class EngineConfig:
             cache=CacheConfig(**parts["cache"]),
             scheduler=SchedulerConfig(**parts["scheduler"]),
         )
+
+
+def parse_policy_options(items: list[str]) -> dict[str, Any]:
+    """``--policy-option`` values (serve and bench share this parser): ``["beta=8",
+    "plas_ltr_first_call=true"]`` -> ``{"beta": 8, ...}``; ints, floats and true/false are
+    converted. ValueError for a malformed item or a key that is not a core config field."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--policy-option must be KEY=VALUE, got {item!r}")
+        if not hasattr(_CORE_DEFAULTS, key):
+            raise ValueError(f"unknown policy option {key!r} (not a SchedulerConfig field)")
+        out[key] = _parse_value(value)
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def core_config(

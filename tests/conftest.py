@@ -48,7 +48,8 @@ def step(s: _core.Scheduler, token: int = 7, seconds: float = 0.01):
     }
     snap["num_decodes"] = p.num_decodes
     snap["num_prefills"] = p.num_prefills
-    fin = s.update(np.full(p.num_samples, token, dtype=np.int32), seconds)
+    rep = s.update(np.full(p.num_samples, token, dtype=np.int32), seconds)
+    fin = [(f.seq_id, f.reason) for f in rep.finished]
     s.check_invariants()
     return snap, fin
 

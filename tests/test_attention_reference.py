@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from paging import PageTable
 
 from pyserve.attention import ReferenceAttention, build_attention_metadata
-from pyserve.attention.paging import PageTable
 from pyserve.kv import KVCache, block_bytes
 
 HQ, HKV, D, BS, LAYERS, BLOCKS = 4, 2, 8, 4, 2, 96
@@ -137,7 +137,7 @@ def test_swap_pair_validation():
 
 
 def test_block_count_from_budget():
-    per_block = block_bytes(LAYERS, BS, HKV, D, torch.float16)
+    per_block = block_bytes(LAYERS, HKV, D, BS, torch.float16)
     assert per_block == LAYERS * 2 * BS * HKV * D * 2
     cache = KVCache.from_budget(LAYERS, HKV, D, BS, torch.float16, "cpu",
                                 cpu_budget_bytes=13 * per_block + 7,

@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 import torch
+from paging import PageTable
 
 from pyserve.attention import ReferenceAttention, build_attention_metadata
-from pyserve.attention.paging import PageTable
 from pyserve.kv import KVCache
 from pyserve.model.builtin import ensure_builtin, write_tiny
 from pyserve.model.loader import load_model

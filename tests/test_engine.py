@@ -4,6 +4,7 @@ preemption; seeded sampling; offline API; bad input."""
 import pytest
 
 from pyserve import LLM, SamplingParams
+from pyserve.engine.messages import AddCall, CallSpec
 
 PROMPTS = [
     "Hello world, this is a test of the engine",
@@ -23,7 +24,7 @@ def reference():
 
 
 def check_invariants(llm):
-    llm.engine.core.check_invariants()
+    llm.engine.check_invariants()
     st = llm.engine.stats()
     assert st["gpu_blocks_used"] == 0 and st["num_running"] == st["num_waiting"] == 0
 
@@ -84,8 +85,8 @@ def test_outputs_carry_text_logprobs_timings_and_n():
     assert all(lp.token_id == t for lp, t in zip(out.logprobs, out.token_ids))
     assert out.metrics.ttft > 0 and len(out.metrics.inter_token_times) == 4
     multi = llm.generate("Hi", SamplingParams(n=3, max_tokens=6, seed=5), use_tqdm=False)[0]
-    assert [o.index for o in multi] == [0, 1, 2]
-    assert len({tuple(o.token_ids) for o in multi}) > 1
+    assert [o.index for o in multi.outputs] == [0, 1, 2] and multi.finished
+    assert len({tuple(o.token_ids) for o in multi.outputs}) > 1
 
 
 def test_stop_strings_and_token_ids():
@@ -117,12 +118,12 @@ def test_program_context_tags_calls():
     with llm.program() as p:
         pid = p.id
         p.generate("first call", SamplingParams(max_tokens=4))
-        info = llm.engine.core.program_info(p.id)
+        info = llm.engine.program_info(p.id)
         assert info["service"] > 0 and info["active_calls"] == 0
         p.generate("second call", SamplingParams(max_tokens=4))
-    assert llm.engine.core.program_info(pid) is None
+    assert llm.engine.program_info(pid) is None and not llm.engine.has_program(pid)
     with pytest.raises(ValueError, match="unknown program"):
-        llm.engine.end_program("nope")
+        llm.end_program("nope")
 
 
 def test_bad_input_is_rejected_before_scheduling():
@@ -136,7 +137,7 @@ def test_bad_input_is_rejected_before_scheduling():
     with pytest.raises(ValueError):
         SamplingParams(temperature=-0.5)
     with pytest.raises(ValueError, match="token ids"):
-        llm.generate([[1, 2, 10**9]], use_tqdm=False)
+        llm.generate([{"prompt_token_ids": [1, 2, 10**9]}], use_tqdm=False)
     with pytest.raises(ValueError, match="unknown engine option"):
         LLM("builtin:tiny", bogus_option=1)
     check_invariants(llm)
@@ -150,13 +151,14 @@ def test_ltr_model_scores_requests_on_arrival(tmp_path):
     ranker = Ranker.create("hash", n_buckets=1 << 10)
     ranker.fit(prompts, lengths, epochs=4, lr=5e-2, seed=0)
     ranker.save(tmp_path / "r")
-    llm = LLM("builtin:tiny", kv_cache_bytes=16 << 20, policy="ltr", ltr_model=str(tmp_path / "r"))
+    llm = LLM("builtin:tiny", kv_cache_bytes=16 << 20, policy="ltr", ltr_model=str(tmp_path / "r"),
+              max_num_seqs=1)  # fmt: skip
     eng = llm.engine
-    eng.add_request("long", "write many words about cats", SamplingParams(max_tokens=2))
-    eng.add_request("short", "write few words about cats", SamplingParams(max_tokens=2))
-    k_long = eng.core.request_info(eng.core.find("long"))["priority_key"][0]
-    k_short = eng.core.request_info(eng.core.find("short"))["priority_key"][0]
-    assert k_short < k_long  # predicted shorter runs earlier
+    p = SamplingParams(max_tokens=2)
+    eng.handle(AddCall(CallSpec("long", "write many words about cats", p)))
+    eng.handle(AddCall(CallSpec("short", "write few words about cats", p)))
+    first = eng.step()
+    assert list(first.first_scheduled) == ["short"]  # predicted shorter runs earlier
     while eng.has_unfinished():
         eng.step()
     check_invariants(llm)

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from paging import PageTable
 
 from pyserve.attention.flashinfer import build_plan_args, flashinfer_available
-from pyserve.attention.paging import PageTable
 
 
 def _random_steps(seed: int, block_size: int, steps: int = 3):

@@ -20,13 +20,13 @@ def test_prompt_served_from_host_tier_matches_recompute():
     assert llm.engine.stats()["prefix_hit_tokens"] == 0
     for f in FILLERS:
         llm.generate(f, GREEDY, use_tqdm=False)
-        llm.engine.core.check_invariants()
+        llm.engine.check_invariants()
     st = llm.engine.stats()
     assert st["blocks_offloaded"] > 0 and st["cpu_blocks_cached"] > 0, st
     assert llm.generate(LONG, GREEDY, use_tqdm=False)[0].token_ids == want
     st = llm.engine.stats()
     assert st["blocks_loaded"] > 0 and st["host_hit_tokens"] > 0, st
-    llm.engine.core.check_invariants()
+    llm.engine.check_invariants()
     assert st["gpu_blocks_used"] == 0
 
 

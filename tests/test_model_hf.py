@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from paging import PageTable
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -14,7 +15,6 @@ from transformers import (
 )
 
 from pyserve.attention import ReferenceAttention, build_attention_metadata
-from pyserve.attention.paging import PageTable
 from pyserve.kv import KVCache
 from pyserve.model.loader import load_model
 

@@ -125,9 +125,10 @@ def test_beta_promotion_resets_only_call_counters():
 def test_untagged_calls_are_their_own_programs():
     s = queued("plas")
     s.add_request("u1", prompt(), max_tokens=10)
-    assert len(s.programs) == 1
-    run_to_end(s)
-    assert len(s.programs) == 0  # dropped as soon as the call ends
+    assert len(s.programs) == 0  # its entry lives in the request, never in the shared table
+    assert s.request_info(s.find("u1"))["program_id"] == ""
+    done = run_to_end(s)
+    assert done["u1"][1]["service"] > 0 and len(s.programs) == 0
     s.add_request("u2", prompt(4, 9), max_tokens=2)
     assert s.request_info(s.find("u2"))["queue"] == 0  # no inherited service
     run_to_end(s)

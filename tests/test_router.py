@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pyserve import _core
-from pyserve.dist.router import Router, RouterOptions
+from pyserve.cluster.router import Router, RouterOptions
 from pyserve.sim.cluster import run_cluster
 from pyserve.sim.workloads import generate
 
@@ -146,8 +146,8 @@ def test_sync_program_raises_local_entry_to_global_values():
 
 
 def test_replica_applies_global_program_values():
+    from pyserve.cluster.replica import Replica
     from pyserve.config import EngineConfig
-    from pyserve.dist.replica import Replica
     from pyserve.sampling_params import SamplingParams
 
     rep = Replica(EngineConfig.from_kwargs("builtin:tiny", device="cpu", kv_cache_bytes=8 << 20))
@@ -162,7 +162,7 @@ def test_replica_applies_global_program_values():
         out, report, (free, total) = items[-1]
         assert out.finished and len(out.token_ids) == 3 and 0 < free <= total
         assert report["service"] > 0 and report["critical"] >= 2.0
-        info = rep.engine.core.program_info("p")
+        info = rep.engine.program_info("p")
         assert info["service"] == pytest.approx(3.0 + report["service"])
 
     asyncio.run(run())
@@ -192,7 +192,7 @@ def test_sim_cluster_locality_keeps_program_context():
 def test_serve_args():
     import argparse
 
-    from pyserve.dist.cli import register_serve_args, wants_cluster
+    from pyserve.cluster.cli import register_serve_args, wants_cluster
 
     p = argparse.ArgumentParser()
     register_serve_args(p)
@@ -232,7 +232,7 @@ def test_sim_cluster_releases_a_call_before_an_engine_steps_past_it():
         start = min(eng.next_start() for eng in ex.engines)
         due = driver.heap[0][0] if driver.heap else np.inf
         r = step()
-        if r.plan.num_seqs and due <= start:
+        if r.num_seqs and due <= start:
             late.append((due, start))
         return r
 

@@ -141,3 +141,41 @@ def test_min_tokens_bans_eos_and_stop_tokens():
     p = SamplingParams(temperature=0.0, min_tokens=2, stop_token_ids=[9])
     out = Sampler()(logits, _batch([p, p], outputs=[[1], [1, 2]], eos=[7]))
     assert out.token_ids.tolist() == [0, 7]  # row 0 below min_tokens: 7 (eos) and 9 banned
+
+
+def test_token_bitmask_restricts_each_row():
+    logits = torch.randn(2, 40)
+    mask = torch.zeros(2, 2, dtype=torch.int32)
+    mask[0, 0] = 1 << 5  # row 0 may only emit token 5
+    mask[1, 1] = (1 << 2) | (1 << 7)  # row 1: tokens 34 and 39
+    batch = SamplingBatch.from_params([SamplingParams(temperature=0.0)] * 2, [[], []])
+    batch.token_bitmask = mask
+    out = Sampler()(logits, batch).token_ids.tolist()
+    assert out[0] == 5 and out[1] == (34 if logits[1, 34] > logits[1, 39] else 39)
+
+
+def test_slot_sampling_matches_from_params():
+    """The engine's persistent per-slot settings give the same batch as rebuilding it."""
+    import numpy as np
+
+    from pyserve.engine.slot_sampling import SlotSampling
+
+    params = [
+        SamplingParams(temperature=0.0, repetition_penalty=1.3, frequency_penalty=0.5,
+                       presence_penalty=0.2, min_tokens=3, stop_token_ids=[4]),
+        SamplingParams(temperature=0.7, top_k=5, seed=3, logprobs=2),
+    ]  # fmt: skip
+    slots = SlotSampling(16, [7], torch.device("cpu"), capacity=2)
+    slots.add(3, params[0], [1, 2, 3])  # NOTE: slot 3 > capacity: the arrays grow
+    slots.add(0, params[1], [5])
+    slots.record(np.array([3, 0]), np.array([9, 9]))
+    slots.record(np.array([3]), np.array([2]))
+    rows = np.array([3, 0], np.int32)
+    for seed in range(5):  # NOTE: a batch's generators are used up by one draw: build both anew
+        ref = SamplingBatch.from_params(params, [[9, 2], [9]], [[1, 2, 3], [5]], [7])
+        logits = torch.randn(2, 16, generator=torch.Generator().manual_seed(seed))
+        a, b = Sampler()(logits, slots.batch(rows)), Sampler()(logits, ref)
+        assert a.token_ids.tolist() == b.token_ids.tolist()
+        torch.testing.assert_close(a.topn_logprobs, b.topn_logprobs)
+    slots.finish(3)
+    assert slots.batch(np.array([0], np.int32)).banned_token_ids is None

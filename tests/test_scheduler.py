@@ -240,8 +240,8 @@ def test_abort_between_schedule_and_update_skips_its_token():
     p = s.schedule()
     n = p.num_samples
     s.abort("x")
-    fin = s.update(np.full(n, 3, dtype=np.int32), 0.01)
-    assert fin == []
+    rep = s.update(np.full(n, 3, dtype=np.int32), 0.01)
+    assert rep.finished == [] and list(rep.token_seq_ids) == [s.find("y")]
     s.check_invariants()
     assert s.request_info(s.find("y"))["output_token_ids"] == [3]
     run_to_end(s)
@@ -304,3 +304,26 @@ def test_bad_requests_leave_state_unchanged():
     with pytest.raises(ValueError, match="sampled tokens"):
         s.schedule()
         s.update(np.zeros(5, dtype=np.int32), 0.0)
+
+
+def test_finish_stop_is_counted_as_stop_and_reported():
+    s = make_scheduler()
+    s.add_request("a", prompt(4), max_tokens=5)
+    p = s.schedule()
+    rep = s.update(np.full(p.num_samples, 3, dtype=np.int32), 0.01)
+    assert list(rep.first_scheduled) == [s.find("a")] and list(rep.tokens) == [3]
+    assert rep.gpu_blocks_free < rep.gpu_blocks_total and rep.num_running == 1
+    f = s.finish("a", "stop")
+    assert (f.request_id, f.reason, f.num_output_tokens) == ("a", "stop", 1)
+    assert f.service == pytest.approx(0.01) and f.program_service == pytest.approx(0.01)
+    st = s.stats()
+    assert (st["num_finished_stop"], st["num_finished_abort"]) == (1, 0)
+    assert s.find("a") < 0 and st["gpu_blocks_used"] == 0
+    with pytest.raises(ValueError, match="unknown request"):
+        s.finish("a", "stop")
+    s.add_request("b", prompt(4), max_tokens=5)
+    with pytest.raises(ValueError, match="finish reason"):
+        s.finish("b", "bogus")
+    assert len(s.programs) == 0  # an untagged call never enters the program table
+    assert s.abort("b").reason == "abort" and s.stats()["num_finished_abort"] == 1
+    s.check_invariants()

@@ -94,9 +94,13 @@ BAD_COMPLETIONS = {
     "top_k overflow": (with_(OK_COMPLETION, top_k=10**30), 400, "top_k"),
     "stop_token_ids overflow": (with_(OK_COMPLETION, stop_token_ids=[2**40]), 400, None),
     "unknown model": (with_(OK_COMPLETION, model="gpt-17"), 404, "model"),
-    "unknown program": (with_(OK_COMPLETION, program_id="nope"), 404, "program_id"),
+    "program id too long": (with_(OK_COMPLETION, program_id="p" * 300), 400, "program_id"),
+    "session id conflict": (with_(OK_COMPLETION, program_id="a", session_id="b"), 400,
+                            "session_id"),  # fmt: skip
     "priority string": (with_(OK_COMPLETION, priority="high"), 400, "priority"),
     "parent_ids wrong type": (with_(OK_COMPLETION, parent_ids="abc"), 400, "parent_ids"),
+    "parent_ids unsupported": (with_(OK_COMPLETION, parent_ids=["a"]), 400, "parent_ids"),
+    "thread_id unsupported": (with_(OK_COMPLETION, thread_id="t0"), 400, "thread_id"),
 }
 
 BAD_CHATS = {
@@ -145,9 +149,10 @@ def test_wrong_content_type(http):
 
 
 def test_program_header_unknown_and_ids(http):
-    r = http.post("/v1/completions", json=OK_COMPLETION, headers={"X-Program-Id": "ghost"})
-    check_error(r, 404, "program_id")
     check_error(http.delete("/v1/programs/ghost"), 404, "program_id")
+    r = http.post("/v1/completions", json=OK_COMPLETION, headers={"X-Program-Id": "ghost"})
+    assert r.status_code == 200  # an unseen program starts implicitly
+    assert http.delete("/v1/programs/ghost").status_code == 200
     check_error(http.post("/v1/programs", json={"program_id": ""}), 400, "program_id")
     check_error(http.post("/v1/programs", json={"program_id": "x" * 1000}), 400, "program_id")
     pid = http.post("/v1/programs", json={"program_id": "dup"}).json()["id"]

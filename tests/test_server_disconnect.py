@@ -201,4 +201,4 @@ def test_shutdown_drains_or_aborts(drain):
         assert all(len(o.token_ids) == 12 for o in outs)
     st = eng.engine.stats()  # the loop thread has exited: safe to read
     assert st["gpu_blocks_used"] == 0 and st["num_running"] == st["num_waiting"] == 0
-    eng.engine.core.check_invariants()
+    eng.engine.check_invariants()

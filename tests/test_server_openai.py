@@ -175,24 +175,27 @@ def test_programs_start_end_and_tags(server, client, engine):
     assert named["id"] == "agent-7" and named["object"] == "program"
     assert httpx.post(url + "/v1/programs", json={"program_id": "agent-7"}).status_code == 409
     client.completions.create(model=MODEL, prompt="tool call", max_tokens=4,
-                              extra_body={"program_id": pid, "thread_id": "t0"})  # fmt: skip
+                              extra_body={"program_id": pid})  # fmt: skip
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
-                                   max_tokens=4, extra_headers={"X-Program-Id": "agent-7",
-                                                                "X-Thread-Id": "main"})  # fmt: skip
+                                   max_tokens=4, extra_headers={"X-Program-Id": "agent-7"})  # fmt: skip
+    with pytest.raises(openai.BadRequestError, match="thread_id"):  # no policy reads threads
+        client.completions.create(model=MODEL, prompt="x", max_tokens=2,
+                                  extra_headers={"X-Thread-Id": "main"})  # fmt: skip
     wait_server_idle(url, timeout_s=30.0)
     # NOTE: the engine thread is idle (nothing queued), so reading the core here is race-free.
     for p in (pid, "agent-7"):
-        info = engine.engine.core.program_info(p)
+        info = engine.engine.program_info(p)
         assert info["service"] > 0 and info["last_completion"] > 0, info
     before = metrics(url).get("pyserve:program_latency_seconds_count", 0)
     gone = httpx.delete(f"{url}/v1/programs/{pid}").json()
     assert gone["deleted"] is True and gone["latency_s"] > 0
     assert httpx.delete(f"{url}/v1/programs/agent-7").status_code == 200
     assert metrics(url)["pyserve:program_latency_seconds_count"] == before + 2
-    with pytest.raises(openai.NotFoundError):
-        client.completions.create(model=MODEL, prompt="late", max_tokens=2,
-                                  extra_body={"program_id": pid})  # fmt: skip
     assert httpx.delete(f"{url}/v1/programs/{pid}").status_code == 404
+    # a call naming an unseen (or ended) program starts it again, implicitly
+    client.completions.create(model=MODEL, prompt="late", max_tokens=2,
+                              extra_body={"program_id": pid})  # fmt: skip
+    assert httpx.delete(f"{url}/v1/programs/{pid}").status_code == 200
 
 
 def test_metrics_count_tokens_and_blocks_are_free(server, client):

@@ -53,11 +53,28 @@ def test_no_server_errors(case):
         # requests reach the engine (unknown names are covered by test_server_bad_input.py).
         body["model"] = MODEL
         body.pop("program_id", None)
+        body.pop("thread_id", None)  # always a 400 (test_server_bad_input.py)
+        body.pop("parent_ids", None)
+        if case.path == "/v1/chat/completions" and len(CALLS) % 2 == 0:
+            _without_tools(body)
     response = case.call(timeout=60)
     SEEN.setdefault((case.method.upper(), case.path), set()).add(response.status_code)
     CALLS.append(1)
     case.validate_response(response, checks=[not_a_server_error])
     assert response.status_code < 500, response.text
+
+
+def _without_tools(body: dict) -> None:
+    """NOTE: tools overflow the 48-token context and random tool histories are invalid (400),
+    so every other chat case drops them to reach the engine; the rest fuzz the tool fields."""
+    for key in ("tools", "tool_choice", "session_id"):
+        body.pop(key, None)
+    for m in body.get("messages") or ():
+        if isinstance(m, dict):
+            m.pop("tool_calls", None)
+            m.pop("tool_call_id", None)
+            if m.get("role") == "tool":
+                m["role"] = "user"
 
 
 def test_idle_and_no_leaked_blocks_afterwards(server):

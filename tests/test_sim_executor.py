@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pyserve import _core
+from pyserve.config import parse_policy_options
 from pyserve.sim import bench_cli
 from pyserve.sim.cost_model import CostModel
 from pyserve.sim.driver import Driver, TokenBook
@@ -135,9 +136,9 @@ def test_unknown_policy_and_bad_inputs_raise_value_error():
     with pytest.raises(ValueError, match="no programs"):
         simulate([], "fcfs")
     with pytest.raises(ValueError, match="KEY=VALUE"):
-        bench_cli.parse_policy_options(["beta"])
+        parse_policy_options(["beta"])
     with pytest.raises(ValueError, match="unknown policy option"):
-        bench_cli.parse_policy_options(["not_a_field=1"])
+        parse_policy_options(["not_a_field=1"])
     with pytest.raises(ValueError, match="rates"):
         bench_cli.parse_rates("1,x")
 

@@ -57,7 +57,7 @@ def test_installed_package_imports_from_any_directory(tmp_path):
 
 
 def test_ray_workers_get_their_own_working_directory_in_a_shadowing_checkout(tmp_path, monkeypatch):
-    from pyserve.dist.cluster import _worker_env
+    from pyserve.cluster.cluster import _worker_env
 
     _source_copy(tmp_path)  # a checkout in the cwd that is not the imported package
     monkeypatch.chdir(tmp_path)

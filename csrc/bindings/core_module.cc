@@ -99,6 +99,57 @@ void bind_plan(py::module_& m) {
       .PLAN_ARRAY(preempted);
 }
 
+FinishReason parse_reason(const std::string& s) {
+  if (s == "stop") return FinishReason::kStop;
+  if (s == "length") return FinishReason::kLength;
+  if (s == "abort") return FinishReason::kAbort;
+  throw std::invalid_argument("finish reason must be 'stop', 'length' or 'abort', got '" + s + "'");
+}
+
+#define REPORT_ARRAY(name) \
+  def_property_readonly(   \
+      #name, [](py::object self) { return view(self.cast<const StepReport&>().name, self); })
+
+void bind_report(py::module_& m) {
+  py::class_<FinishedCall>(m, "FinishedCall")
+      .def_readonly("seq_id", &FinishedCall::id)
+      .def_readonly("request_id", &FinishedCall::request_id)
+      .def_property_readonly("reason",
+                             [](const FinishedCall& f) { return finish_reason_name(f.reason); })
+      .def_readonly("num_prompt_tokens", &FinishedCall::num_prompt_tokens)
+      .def_readonly("num_output_tokens", &FinishedCall::num_output_tokens)
+      .def_readonly("num_cached_tokens", &FinishedCall::num_cached_tokens)
+      .def_readonly("service", &FinishedCall::service)
+      .def_readonly("wait", &FinishedCall::wait)
+      .def_readonly("program_service", &FinishedCall::program_service)
+      .def_readonly("program_critical", &FinishedCall::program_critical)
+      .def_readonly("program_wait", &FinishedCall::program_wait)
+      .def("__repr__", [](const FinishedCall& f) {
+        return "FinishedCall(" + f.request_id + ", " + finish_reason_name(f.reason) + ")";
+      });
+  py::class_<StepReport>(m, "StepReport")
+      .def_readonly("step", &StepReport::step)
+      .def_readonly("num_decodes", &StepReport::num_decodes)
+      .def_readonly("num_prefills", &StepReport::num_prefills)
+      .def_readonly("num_tokens", &StepReport::num_tokens)
+      .def_property_readonly("num_seqs", &StepReport::num_seqs)
+      .def_readonly("start_time", &StepReport::start_time)
+      .def_readonly("end_time", &StepReport::end_time)
+      .REPORT_ARRAY(token_seq_ids)
+      .REPORT_ARRAY(tokens)
+      .REPORT_ARRAY(token_rows)
+      .REPORT_ARRAY(first_scheduled)
+      .REPORT_ARRAY(first_cached_tokens)
+      .REPORT_ARRAY(scheduled)
+      .def_property_readonly(  // NOTE: copies: the report's buffers are reused next step
+          "finished", [](const StepReport& r) { return std::vector<FinishedCall>(r.finished); })
+      .def_readonly("gpu_blocks_free", &StepReport::gpu_blocks_free)
+      .def_readonly("gpu_blocks_total", &StepReport::gpu_blocks_total)
+      .def_readonly("num_running", &StepReport::num_running)
+      .def_readonly("num_waiting", &StepReport::num_waiting)
+      .def_readonly("num_swapped", &StepReport::num_swapped);
+}
+
 py::dict request_info(const Scheduler& s, SeqId id) {
   const Request& r = s.request(id);
   py::dict d;
@@ -117,7 +168,7 @@ py::dict request_info(const Scheduler& s, SeqId id) {
   d["cpu_block_ids"] = r.cpu_blocks;
   d["priority_key"] = py::make_tuple(r.key.k0, r.key.k1, r.key.k2, r.key.k3);
   d["queue"] = r.queue;
-  d["program_key"] = r.program_key;
+  d["program_id"] = r.spec.program_id;
   d["total_wait"] = r.total_wait;
   d["snapshot"] = r.snapshot;
   return d;
@@ -148,6 +199,9 @@ py::dict stats_dict(const Scheduler& s) {
   d["blocks_prefetched"] = st.blocks_prefetched;
   d["cpu_blocks_cached"] = st.cpu_blocks_cached;
   d["gpu_blocks_pinned"] = st.gpu_blocks_pinned;
+  d["num_finished_stop"] = st.num_finished_stop;
+  d["num_finished_length"] = st.num_finished_length;
+  d["num_finished_abort"] = st.num_finished_abort;
   return d;
 }
 
@@ -155,9 +209,8 @@ SeqId add_request(Scheduler& s, const std::string& request_id,
                   py::array_t<int32_t, py::array::c_style | py::array::forcecast> prompt,
                   int max_tokens, int min_tokens, bool ignore_eos,
                   std::vector<TokenId> stop_token_ids, double priority, double arrival_time,
-                  std::string cache_salt, std::string program_id, std::string thread_id,
-                  std::vector<std::string> parent_ids, double ltr_score, double remaining_hint,
-                  double program_remaining_hint) {
+                  std::string cache_salt, std::string program_id, double ltr_score,
+                  double remaining_hint, double program_remaining_hint) {
   if (prompt.ndim() != 1) throw std::invalid_argument("prompt must be a 1-D sequence of token ids");
   RequestSpec spec;
   spec.request_id = request_id;
@@ -170,25 +223,17 @@ SeqId add_request(Scheduler& s, const std::string& request_id,
   spec.arrival_time = arrival_time;
   spec.cache_salt = std::move(cache_salt);
   spec.program_id = std::move(program_id);
-  spec.thread_id = std::move(thread_id);
-  spec.parent_ids = std::move(parent_ids);
   spec.ltr_score = ltr_score;
   spec.remaining_hint = remaining_hint;
   spec.program_remaining_hint = program_remaining_hint;
   return s.add_request(std::move(spec));
 }
 
-py::list update(Scheduler& s,
-                py::array_t<int32_t, py::array::c_style | py::array::forcecast> sampled,
-                double step_seconds) {
-  std::vector<Finished> fin;
-  {
-    py::gil_scoped_release release;
-    fin = s.update(sampled.data(), int(sampled.size()), step_seconds);
-  }
-  py::list out;
-  for (const auto& f : fin) out.append(py::make_tuple(f.id, finish_reason_name(f.reason)));
-  return out;
+const StepReport& update(Scheduler& s,
+                         py::array_t<int32_t, py::array::c_style | py::array::forcecast> sampled,
+                         double step_seconds) {
+  py::gil_scoped_release release;
+  return s.update(sampled.data(), int(sampled.size()), step_seconds);
 }
 
 py::object program_info(const ProgramTable& t, const std::string& id) {
@@ -204,6 +249,7 @@ py::object program_info(const ProgramTable& t, const std::string& id) {
   d["last_arrival"] = e->last_arrival;
   d["last_completion"] = e->last_completion;
   d["engine_id"] = e->engine_id;
+  d["coming_back"] = e->coming_back;
   return d;
 }
 
@@ -216,6 +262,10 @@ void bind_programs(py::module_& m) {
       .def("__len__", &ProgramTable::size)
       .def("collect", &ProgramTable::collect, py::arg("now"))
       .def("ids", &ProgramTable::ids)
+      .def("mark_coming_back", &ProgramTable::mark_coming_back, py::arg("program_id"),
+           "Marks a live program as coming back (its last call ended with a tool call); returns "
+           "False for an unknown id. Its next call clears the mark.")
+      .def("coming_back", &ProgramTable::coming_back, py::arg("program_id"))
       .def("info", &program_info, py::arg("program_id"));
 }
 
@@ -228,13 +278,19 @@ void bind_scheduler(py::module_& m) {
            py::arg("max_tokens") = 16, py::arg("min_tokens") = 0, py::arg("ignore_eos") = false,
            py::arg("stop_token_ids") = std::vector<TokenId>{}, py::arg("priority") = 0.0,
            py::arg("arrival_time") = 0.0, py::arg("cache_salt") = "", py::arg("program_id") = "",
-           py::arg("thread_id") = "", py::arg("parent_ids") = std::vector<std::string>{},
            py::arg("ltr_score") = 0.0, py::arg("remaining_hint") = -1.0,
            py::arg("program_remaining_hint") = -1.0)
       .def("abort", &Scheduler::abort, py::arg("request_id"))
+      .def(
+          "finish",
+          [](Scheduler& s, const std::string& id, const std::string& reason) {
+            return s.finish(id, parse_reason(reason));
+          },
+          py::arg("request_id"), py::arg("reason") = "stop")
       .def("schedule", &Scheduler::schedule, py::return_value_policy::reference_internal,
            py::call_guard<py::gil_scoped_release>())
-      .def("update", &update, py::arg("sampled"), py::arg("step_seconds") = 0.0)
+      .def("update", &update, py::arg("sampled"), py::arg("step_seconds") = 0.0,
+           py::return_value_policy::reference_internal)
       .def("find", &Scheduler::find)
       .def("start_program", &Scheduler::start_program, py::arg("program_id"))
       .def("end_program", &Scheduler::end_program, py::arg("program_id"))
@@ -294,16 +350,19 @@ void bind_allocator(py::module_& m) {
 
 }  // namespace
 
-void bind_router(py::module_& m);  // core_router.cc
+void bind_router(py::module_& m);          // core_router.cc
+void bind_program_policy(py::module_& m);  // core_policy.cc
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyserve C++ scheduling core";
   bind_config(m);
   bind_plan(m);
+  bind_report(m);
   bind_programs(m);
   bind_scheduler(m);
   bind_allocator(m);
   bind_router(m);
+  bind_program_policy(m);
   m.def("policy_names", &policy_names);
   m.def("retention_names", &retention_names);
   m.def("hash_string", &hash_string);

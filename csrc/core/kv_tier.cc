@@ -7,14 +7,10 @@
 
 namespace pyserve {
 
-namespace {
-std::string pin_key(const Request& r) { return r.program_key + '\x1f' + r.spec.thread_id; }
-}  // namespace
-
-RetentionView Scheduler::view_of(const std::string& program_key, int context_tokens) const {
+RetentionView Scheduler::view_of(const std::string& program_id, int context_tokens) const {
   RetentionView v;
   v.now = now_;
-  v.program = program_key.empty() ? nullptr : programs_->find(program_key);
+  v.program = program_id.empty() ? nullptr : programs_->find(program_id);
   v.context_tokens = context_tokens;
   v.gpu_free_fraction = double(gpu_.num_free()) / double(gpu_.num_blocks());
   return v;
@@ -103,12 +99,11 @@ void Scheduler::prefetch_waiting() {
 }
 
 void Scheduler::pin_finished(Request& r) {
-  if (r.spec.program_id.empty()) return;  // an untagged call is its own one-call program
-  const RetentionView v = view_of(r.program_key, r.num_tokens());
+  if (!r.tagged()) return;  // an untagged call is its own one-call program
+  const RetentionView v = view_of(r.spec.program_id, r.num_tokens());
   const double seconds = retention_->pin_seconds(v);
   if (!(seconds > 0.0)) return;
   Pin pin;
-  pin.program_key = r.program_key;
   pin.expiry = now_ + seconds;
   pin.value = retention_->pin_value(v, pin.expiry);
   for (size_t i = 0; i < r.block_hashes.size() && i < r.blocks.size(); ++i) {
@@ -116,9 +111,9 @@ void Scheduler::pin_finished(Request& r) {
     gpu_.incref(r.blocks[i]);
     pin.blocks.push_back(r.blocks[i]);
   }
-  const std::string key = pin_key(r);
-  release_pin(key);
-  if (!pin.blocks.empty()) pins_.emplace(key, std::move(pin));
+  // NOTE: one pin per program: a later call's finish replaces an earlier sibling's pin.
+  release_pin(r.spec.program_id);
+  if (!pin.blocks.empty()) pins_.emplace(r.spec.program_id, std::move(pin));
 }
 
 void Scheduler::release_pin(const std::string& key) {
@@ -129,15 +124,8 @@ void Scheduler::release_pin(const std::string& key) {
   pins_.erase(it);
 }
 
-void Scheduler::release_pins_of(const std::string& program_key) {
-  std::vector<std::string> keys;
-  for (const auto& [key, pin] : pins_)
-    if (pin.program_key == program_key) keys.push_back(key);
-  for (const auto& key : keys) release_pin(key);
-}
-
 void Scheduler::end_program(const std::string& id) {
-  release_pins_of(id);
+  release_pin(id);
   programs_->end(id);
   if (auto it = owner_keys_.find(hash_string(id)); it != owner_keys_.end()) it->second.clear();
 }

@@ -7,6 +7,7 @@ namespace pyserve {
 
 void ProgramTable::start(const std::string& id, double now) {
   if (id.empty()) throw std::invalid_argument("program id must not be empty");
+  std::lock_guard<std::mutex> lock(mu_);
   auto [it, inserted] = entries_.try_emplace(id);
   if (!inserted) throw std::invalid_argument("program '" + id + "' is already started");
   it->second.id = id;
@@ -15,6 +16,7 @@ void ProgramTable::start(const std::string& id, double now) {
 }
 
 void ProgramTable::end(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = entries_.find(id);
   if (it == entries_.end()) throw std::invalid_argument("unknown program '" + id + "'");
   if (it->second.active_calls == 0) {
@@ -30,6 +32,7 @@ const ProgramEntry* ProgramTable::find(const std::string& id) const {
 }
 
 ProgramEntry& ProgramTable::call_arrived(const std::string& id, double now) {
+  std::lock_guard<std::mutex> lock(mu_);
   auto [it, inserted] = entries_.try_emplace(id);
   ProgramEntry& e = it->second;
   if (inserted) {
@@ -44,6 +47,7 @@ ProgramEntry& ProgramTable::call_arrived(const std::string& id, double now) {
 
 void ProgramTable::call_finished(const std::string& id, double call_service, double call_wait,
                                  double now) {
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = entries_.find(id);
   if (it == entries_.end()) return;
   ProgramEntry& e = it->second;
@@ -54,12 +58,20 @@ void ProgramTable::call_finished(const std::string& id, double call_service, dou
   if (e.active_calls == 0 && e.ended) entries_.erase(it);
 }
 
-void ProgramTable::mark_coming_back(const std::string& id) {
+bool ProgramTable::mark_coming_back(const std::string& id) {
   auto it = entries_.find(id);
-  if (it != entries_.end()) it->second.coming_back = true;
+  if (it == entries_.end()) return false;
+  it->second.coming_back = true;
+  return true;
+}
+
+bool ProgramTable::coming_back(const std::string& id) const {
+  const ProgramEntry* e = find(id);
+  return e != nullptr && e->coming_back;
 }
 
 int ProgramTable::collect(double now) {
+  std::lock_guard<std::mutex> lock(mu_);
   int n = 0;
   for (auto it = entries_.begin(); it != entries_.end();) {
     const ProgramEntry& e = it->second;
@@ -75,6 +87,7 @@ int ProgramTable::collect(double now) {
 }
 
 std::vector<std::string> ProgramTable::ids() const {
+  std::lock_guard<std::mutex> lock(mu_);
   std::vector<std::string> out;
   for (const auto& [id, e] : entries_) out.push_back(id);
   return out;

@@ -92,7 +92,7 @@ bool Scheduler::admit_waiting(Request& r) {
     free_gpu_blocks(r);
     return false;
   }
-  if (!pins_.empty()) release_pin(r.program_key + '\x1f' + r.spec.thread_id);  // now it holds them
+  if (!pins_.empty() && r.tagged()) release_pin(r.spec.program_id);  // now it holds them
   start_running(waiting_, r, n);
   return true;
 }

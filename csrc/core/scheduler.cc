@@ -52,20 +52,23 @@ SeqId Scheduler::add_request(RequestSpec spec) {
   slots_[id] = std::move(r);
   Request& q = *slots_[id];
   ids_.emplace(q.spec.request_id, id);
-  // An untagged call is its own one-call program (dropped from the table when it finishes).
-  q.program_key = q.spec.program_id.empty() ? std::string("\001") + "call:" + q.spec.request_id
-                                            : q.spec.program_id;
-  if (const ProgramEntry* before = programs_->find(q.program_key))
-    retention_->on_call_arrival(*before, now_);
-  if (!q.spec.program_id.empty())
-    owner_keys_.insert_or_assign(hash_string(q.program_key), q.program_key);
-  q.program = &programs_->call_arrived(q.program_key, now_);
+  if (q.tagged()) {
+    if (const ProgramEntry* before = programs_->find(q.spec.program_id))
+      retention_->on_call_arrival(*before, now_);
+    owner_keys_.insert_or_assign(hash_string(q.spec.program_id), q.spec.program_id);
+    q.program = &programs_->call_arrived(q.spec.program_id, now_);
+  } else {  // an untagged call is its own one-call program, kept out of the shared table
+    q.solo.active_calls = 1;
+    q.solo.last_arrival = q.solo.last_completion = now_;
+    q.program = &q.solo;
+  }
   policy_->on_arrival(q, now_);
   enqueue(waiting_, q);
   return id;
 }
 
-void Scheduler::abort(const std::string& request_id) {
+FinishedCall Scheduler::finish(const std::string& request_id, FinishReason reason) {
+  if (reason == FinishReason::kNone) throw std::invalid_argument("finish needs a reason");
   auto it = ids_.find(request_id);
   if (it == ids_.end()) throw std::invalid_argument("unknown request id '" + request_id + "'");
   Request& r = req(it->second);
@@ -73,7 +76,8 @@ void Scheduler::abort(const std::string& request_id) {
   if (r.status == Status::kSwapped) dequeue(swapped_, r);
   if (r.status == Status::kRunning)
     running_.erase(std::find(running_.begin(), running_.end(), r.id));
-  finish(r, FinishReason::kAbort);
+  finish(r, reason);
+  return finished_call(r);
 }
 
 Key Scheduler::make_key(const Request& r) const {

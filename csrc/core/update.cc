@@ -18,7 +18,7 @@ void Scheduler::register_full_blocks(Request& r) {
   if (!cfg_.enable_prefix_caching) return;
   const int bs = cfg_.block_size;
   const int full = r.num_computed / bs;
-  const uint64_t owner = r.spec.program_id.empty() ? 0 : hash_string(r.program_key);
+  const uint64_t owner = r.tagged() ? hash_string(r.spec.program_id) : 0;
   for (int i = int(r.block_hashes.size()); i < full; ++i) {
     // NOTE: the parent must still be the entry verified at level i-1, on either tier. If it was
     // another request's block and got dropped since, the chain is broken: stop (safe).
@@ -70,45 +70,113 @@ void Scheduler::finish(Request& r, FinishReason reason) {
   r.cpu_blocks.clear();
   r.status = Status::kFinished;
   r.finish = reason;
+  if (reason == FinishReason::kStop) ++counters_.num_finished_stop;
+  if (reason == FinishReason::kLength) ++counters_.num_finished_length;
+  if (reason == FinishReason::kAbort) ++counters_.num_finished_abort;
   policy_->on_finish(r, now_);
   // Aborts fold in too, or program entries would leak service and active-call counts.
-  programs_->call_finished(r.program_key, r.service, r.total_wait, now_);
-  if (r.spec.program_id.empty() && programs_->contains(r.program_key))
-    programs_->end(r.program_key);
+  if (r.tagged()) {
+    programs_->call_finished(r.spec.program_id, r.service, r.total_wait, now_);
+  } else {
+    r.solo.service += r.service;
+    r.solo.wait += r.total_wait;
+    r.solo.active_calls = 0;
+    r.solo.last_completion = now_;
+  }
   r.program = nullptr;
   ids_.erase(r.spec.request_id);
   pending_release_.push_back(r.id);
 }
 
-std::vector<Finished> Scheduler::update(const int32_t* sampled, int num_sampled,
-                                        double step_seconds) {
+FinishedCall Scheduler::finished_call(const Request& r) const {
+  FinishedCall f;
+  f.id = r.id;
+  f.request_id = r.spec.request_id;
+  f.reason = r.finish;
+  f.num_prompt_tokens = r.num_prompt;
+  f.num_output_tokens = r.num_output();
+  f.num_cached_tokens = r.num_cached_tokens;
+  f.service = r.service;
+  f.wait = r.total_wait;
+  // NOTE: a tagged entry may already be gone (ended program, last call): report the call's own.
+  const ProgramEntry* p = r.tagged() ? programs_->find(r.spec.program_id) : &r.solo;
+  if (p != nullptr) {
+    f.program_service = p->service;
+    f.program_critical = p->critical;
+    f.program_wait = p->wait;
+  } else {
+    f.program_service = r.service;
+    f.program_critical = r.snapshot + r.service;
+    f.program_wait = r.total_wait;
+  }
+  return f;
+}
+
+void StepReport::clear() {
+  for (auto* v :
+       {&token_seq_ids, &tokens, &token_rows, &first_scheduled, &first_cached_tokens, &scheduled})
+    v->clear();
+  finished.clear();
+}
+
+void Scheduler::fill_report(double step_seconds) {
+  StepReport& rep = report_;
+  rep.step = plan_.step;
+  rep.num_decodes = plan_.num_decodes;
+  rep.num_prefills = plan_.num_prefills;
+  rep.num_tokens = plan_.num_tokens();
+  rep.end_time = now_;
+  rep.start_time = now_ - step_seconds;
+  const SchedulerStats st = stats();
+  rep.gpu_blocks_free = st.gpu_blocks_free;
+  rep.gpu_blocks_total = st.gpu_blocks_total;
+  rep.num_running = st.num_running;
+  rep.num_waiting = st.num_waiting;
+  rep.num_swapped = st.num_swapped;
+}
+
+const StepReport& Scheduler::update(const int32_t* sampled, int num_sampled, double step_seconds) {
   if (num_sampled != int(plan_.sample_seq_idx.size()))
     throw std::invalid_argument("update() got " + std::to_string(num_sampled) +
                                 " sampled tokens, the step has " +
                                 std::to_string(plan_.sample_seq_idx.size()) + " sample rows");
   if (!(step_seconds >= 0.0)) throw std::invalid_argument("step_seconds must be >= 0");
   release_deferred();
+  report_.clear();
   now_ += step_seconds;
   // Service: the step's time is shared pro rata by the tokens each sequence ran in it.
   const double per_token = plan_.num_tokens() > 0 ? step_seconds / double(plan_.num_tokens()) : 0.0;
   for (int i = 0; i < plan_.num_seqs(); ++i) {
     Request& r = req(plan_.seq_ids[i]);
     if (r.status != Status::kRunning) continue;  // aborted while the step ran
+    report_.scheduled.push_back(r.id);
+    if (!r.ever_scheduled) {
+      r.ever_scheduled = true;
+      report_.first_scheduled.push_back(r.id);
+      report_.first_cached_tokens.push_back(r.num_cached_tokens);
+    }
     const int n = plan_.qo_indptr[i + 1] - plan_.qo_indptr[i];
     r.num_computed += n;
     r.service += per_token * n;
     policy_->on_service(r, per_token * n);
     register_full_blocks(r);
   }
-  std::vector<Finished> out;
+  bool any_finished = false;
   for (int j = 0; j < num_sampled; ++j) {
     Request& r = req(plan_.seq_ids[plan_.sample_seq_idx[j]]);
     if (r.status != Status::kRunning) continue;
     r.tokens.push_back(sampled[j]);
-    if (check_stop(r, sampled[j])) out.push_back({r.id, r.finish});
+    report_.token_seq_ids.push_back(r.id);
+    report_.tokens.push_back(sampled[j]);
+    report_.token_rows.push_back(j);
+    if (check_stop(r, sampled[j])) {
+      report_.finished.push_back(finished_call(r));
+      any_finished = true;
+    }
   }
-  if (!out.empty()) compact_running();
-  return out;
+  if (any_finished) compact_running();
+  fill_report(step_seconds);
+  return report_;
 }
 
 }  // namespace pyserve

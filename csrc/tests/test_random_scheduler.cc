@@ -56,11 +56,18 @@ int run_case(uint64_t seed, PreemptionMode mode, const std::string& policy, bool
     if (p.num_tokens() > cfg.max_num_batched_tokens) throw std::logic_error("budget exceeded");
     if (!live.empty() && uni(0, 99) < 2) {
       const std::string& rid = live[uni(0, int(live.size()) - 1)];
-      if (s.find(rid) >= 0) s.abort(rid);
+      if (s.find(rid) >= 0) {  // mid-step: a client abort or a stop string matched by the client
+        FinishedCall f = uni(0, 1) ? s.abort(rid) : s.finish(rid, FinishReason::kStop);
+        if (f.request_id != rid || f.service < 0.0) throw std::logic_error("bad finished call");
+      }
     }
     std::vector<int32_t> sampled(p.sample_seq_idx.size());
     for (auto& t : sampled) t = uni(0, 59);
-    s.update(sampled.data(), int(sampled.size()), 0.001);
+    const StepReport& rep = s.update(sampled.data(), int(sampled.size()), 0.001);
+    if (rep.tokens.size() != rep.token_seq_ids.size() || rep.tokens.size() > sampled.size())
+      throw std::logic_error("report rows do not match the sampled rows");
+    for (const FinishedCall& f : rep.finished)
+      if (s.find(f.request_id) >= 0) throw std::logic_error("a finished call is still findable");
     s.check_invariants();
   }
   for (const auto& rid : live)

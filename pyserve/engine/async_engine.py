@@ -1,8 +1,12 @@
 """AsyncEngine: the engine step loop on a background thread, requests streamed to asyncio.
 
-NOTE (threading): the Engine (and the C++ core behind it) is touched only by the loop thread.
-Callers on event loops hand it commands through ``_inbox`` (guarded by ``_cv``); outputs go back
-to each request's ``asyncio.Queue`` with ``loop.call_soon_threadsafe``, one call per step and loop.
+NOTE (threading): three roles. The *loop thread* alone touches the Engine: it runs commands
+(messages) between steps and steps. The *output thread* alone owns the OutputProcessor and the
+streams: it turns StepReports into outputs (detokenizing, stop strings) and hands them to each
+request's ``asyncio.Queue`` with ``loop.call_soon_threadsafe``, one call per report and loop;
+when a stop string matches it sends ``Abort(reason="stop")`` back to the loop thread. Callers on
+event loops hand commands to the loop thread through ``_inbox`` (guarded by ``_cv``). The Ray
+``Replica`` runs this same class, so both have the same loop and failure behaviour.
 """
 
 from __future__ import annotations
@@ -10,15 +14,18 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pyserve.config import EngineConfig
 from pyserve.engine.client import EngineDeadError, EngineError
 from pyserve.engine.engine import Engine
+from pyserve.engine.messages import Abort, AddCall, CallSpec, ProgramOp
+from pyserve.engine.output_processor import OutputProcessor
 from pyserve.engine.outputs import RequestOutput
 from pyserve.sampling_params import SamplingParams
 
@@ -26,7 +33,6 @@ log = logging.getLogger("pyserve.async_engine")
 
 # Upper bounds (s) of the scheduler-step histogram reported by stats().
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_PROGRAM_SYNC_S = 1.0  # how often the program-id mirror is reconciled with the core (TTL GC)
 
 
 @dataclass
@@ -56,8 +62,8 @@ def _resolve(fut: asyncio.Future, value: Any, exc: BaseException | None) -> None
 
 
 def _deliver(items: list[tuple[asyncio.Queue, Any]]) -> None:
-    for queue, item in items:
-        queue.put_nowait(item)
+    for q, item in items:
+        q.put_nowait(item)
 
 
 class AsyncEngine:
@@ -70,8 +76,8 @@ class AsyncEngine:
         self.max_model_len = engine.max_model_len
         self._cv = threading.Condition()
         self._inbox: list[_Command] = []
-        self._streams: dict[str, _Stream] = {}  # NOTE: loop thread only
-        self._programs: frozenset[str] = frozenset()  # mirror, replaced atomically
+        self._out: queue.SimpleQueue = queue.SimpleQueue()  # loop thread -> output thread
+        self._streams: dict[str, _Stream] = {}  # NOTE: output thread only
         self._accepting = True
         self._stop = False
         self._drain = True
@@ -79,8 +85,13 @@ class AsyncEngine:
         self._step_counts = [0] * (len(STEP_BUCKETS) + 1)
         self._step_sum = 0.0
         self._step_failures = 0
+        self.kv_headroom: tuple[int, int] = (0, 0)  # (free, total) blocks after the last step
         self._stats: dict = self._collect_stats()
+        self.kv_headroom = (self._stats["gpu_blocks_free"], self._stats["gpu_blocks_total"])
+        self._output = threading.Thread(target=self._run_output, name="pyserve-output",
+                                        daemon=True)  # fmt: skip
         self._thread = threading.Thread(target=self._run, name="pyserve-engine", daemon=True)
+        self._output.start()
         self._thread.start()
 
     @classmethod
@@ -102,24 +113,20 @@ class AsyncEngine:
         *,
         priority: float = 0.0,
         program_id: str | None = None,
-        thread_id: str | None = None,
-        parent_ids: Sequence[str] = (),
         ltr_score: float | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """See :meth:`EngineClient.generate`."""
-        loop = asyncio.get_running_loop()
-        stream = _Stream(loop)
+        spec = CallSpec(request_id, prompt, params, priority, program_id, ltr_score)
+        async for out in self.generate_call(spec):
+            yield out
+
+    async def generate_call(self, spec: CallSpec) -> AsyncIterator[RequestOutput]:
+        """:meth:`generate` for a ready :class:`CallSpec`."""
+        stream = _Stream(asyncio.get_running_loop())
 
         def add() -> None:
-            if request_id in self._streams:
-                raise ValueError(f"request id {request_id!r} is already in use")
-            try:
-                self.engine.add_request(request_id, prompt, params, priority=priority,
-                                        program_id=program_id, thread_id=thread_id,
-                                        parent_ids=parent_ids, ltr_score=ltr_score)  # fmt: skip
-            except (TypeError, OverflowError) as exc:  # argument conversion in the bindings
-                raise ValueError(f"invalid request {request_id!r}: {exc}") from None
-            self._streams[request_id] = stream
+            admitted = self.engine.handle(AddCall(spec))
+            self._out.put(("add", admitted, stream))
 
         finished = False
         try:
@@ -135,7 +142,7 @@ class AsyncEngine:
                     return
         finally:
             if not finished:
-                self._submit(_Command(lambda: self._abort_now(request_id)))
+                self._submit(_Command(lambda: self._abort_now(spec.request_id)))
 
     async def abort(self, request_id: str) -> None:
         """Aborts a live request; its stream ends with finish_reason ``abort``."""
@@ -143,26 +150,23 @@ class AsyncEngine:
 
     async def start_program(self, program_id: str | None = None) -> str:
         """Starts a program; ValueError if the id is already started."""
-
-        def start() -> str:
-            pid = self.engine.start_program(program_id)
-            self._programs = self._programs | {pid}  # visible before the caller resumes
-            return pid
-
-        return await self._call(start)
+        return await self._call(lambda: self.engine.handle(ProgramOp("start", program_id)))
 
     async def end_program(self, program_id: str) -> None:
         """Ends a program; ValueError if it is unknown."""
+        await self._call(lambda: self.engine.handle(ProgramOp("end", program_id)))
 
-        def end() -> None:
-            self.engine.end_program(program_id)
-            self._programs = self._programs - {program_id}
+    async def sync_program(self, program_id: str, values: tuple[float, float, float]) -> None:
+        """Raises the local program entry to a router's global (service, critical, wait)."""
+        await self._call(lambda: self.engine.handle(ProgramOp("sync", program_id, values)))
 
-        await self._call(end)
+    async def mark_coming_back(self, program_id: str) -> bool:
+        """Marks the program as coming back (its last call ended with a tool call)."""
+        return await self._call(lambda: self.engine.mark_coming_back(program_id))
 
     def has_program(self, program_id: str) -> bool:
-        """Whether the program is started (mirror refreshed by the loop thread)."""
-        return program_id in self._programs
+        """Whether the program is started (asks the core's table; safe from any thread)."""
+        return self.engine.has_program(program_id)
 
     async def stats(self) -> dict:
         """Core stats after the last step or command, plus the step histogram and liveness."""
@@ -176,6 +180,7 @@ class AsyncEngine:
             self._drain = drain
             self._cv.notify()
         await asyncio.to_thread(self._thread.join)
+        await asyncio.to_thread(self._output.join)
 
     # -- hand-off ------------------------------------------------------------------------------
     def _submit(self, cmd: _Command) -> None:
@@ -200,7 +205,6 @@ class AsyncEngine:
 
     # -- the loop thread -----------------------------------------------------------------------
     def _run(self) -> None:
-        last_sync = 0.0
         try:
             while True:
                 with self._cv:
@@ -211,15 +215,9 @@ class AsyncEngine:
                 for cmd in cmds:
                     self._execute(cmd)
                 if stop and not drain:
-                    self._abort_all("the engine is shutting down")
+                    self._abort_all()
                 if self.engine.has_unfinished():
                     self._step()
-                now = time.monotonic()
-                if cmds or now - last_sync > _PROGRAM_SYNC_S:
-                    # NOTE: untagged calls get implicit programs keyed "\x01call:<id>"; skip them.
-                    ids = self.engine.core.programs.ids()
-                    self._programs = frozenset(p for p in ids if not p.startswith("\x01"))
-                    last_sync = now
                 self._stats = self._collect_stats()
                 if stop and not self.engine.has_unfinished():
                     with self._cv:
@@ -228,10 +226,11 @@ class AsyncEngine:
         except BaseException as exc:  # noqa: BLE001 - the loop must report any death
             log.exception("engine loop died")
             self._dead = exc
-            self._fail_streams(list(self._streams), f"engine loop died: {exc}")
+            self._out.put(("fail_all", f"engine loop died: {exc}"))
         finally:
             self._close_inbox()
             self._stats = {**self._stats, "engine_alive": False}
+            self._out.put(("close",))
 
     def _execute(self, cmd: _Command) -> None:
         try:
@@ -246,65 +245,26 @@ class AsyncEngine:
     def _step(self) -> None:
         t0 = time.perf_counter()
         try:
-            outputs = self.engine.step()
+            report = self.engine.step()
         except Exception as exc:  # noqa: BLE001 - fail the affected requests, keep serving
             log.exception("engine step failed")
             self._step_failures += 1
-            self._fail_streams(self._affected_by_failed_step(), f"engine step failed: {exc}")
+            hit = [f.request_id for f in self.engine.abort_holding_kv()]
+            self._out.put(("fail", hit, f"engine step failed: {exc}"))
             return
         self._observe_step(time.perf_counter() - t0)
-        batches: dict[asyncio.AbstractEventLoop, list] = {}
-        for out in outputs:
-            stream = self._streams.get(out.request_id)
-            if stream is None:
-                continue
-            if out.finished:
-                del self._streams[out.request_id]
-            batches.setdefault(stream.loop, []).append((stream.queue, out))
-        for loop, items in batches.items():
-            _call_soon(loop, _deliver, items)
+        self.kv_headroom = (report.kv_free_blocks, report.kv_total_blocks)
+        self._out.put(("report", report))
 
-    def _affected_by_failed_step(self) -> list[str]:
-        """Requests whose KV may be inconsistent after a failed step: running or swapped ones.
+    def _abort_now(self, request_id: str, reason: str = "abort") -> None:
+        done = self.engine.handle(Abort(request_id, reason))
+        if done is not None:
+            self._out.put(("finished", done, self.engine.now()))
 
-        NOTE: schedule() ran but update() did not, so scheduled prefills/decodes and any
-        swap/copy of this step may not have happened; waiting requests hold no KV and survive.
-        """
-        core = self.engine.core
-        hit = []
-        for rid in self._streams:
-            sid = core.find(rid)
-            if sid < 0 or core.request_info(sid)["status"] != "waiting":
-                hit.append(rid)
-        return hit
-
-    def _fail_streams(self, request_ids: list[str], message: str) -> None:
-        batches: dict[asyncio.AbstractEventLoop, list] = {}
-        for rid in request_ids:
-            stream = self._streams.pop(rid, None)
-            if self.engine.core.find(rid) >= 0:
-                self.engine.abort(rid)  # frees its KV blocks
-            if stream is not None:
-                batches.setdefault(stream.loop, []).append((stream.queue, EngineError(message)))
-        for loop, items in batches.items():
-            _call_soon(loop, _deliver, items)
-
-    def _abort_now(self, request_id: str) -> None:
-        engine = self.engine
-        sid = engine.core.find(request_id)
-        stream = self._streams.pop(request_id, None)
-        if sid < 0:
-            return
-        state = engine.states.get(sid)
-        engine.abort(request_id)
-        if stream is not None and state is not None:
-            state.finish("abort", engine.now())
-            _call_soon(stream.loop, _deliver, [(stream.queue, state.snapshot())])
-
-    def _abort_all(self, reason: str) -> None:
-        for rid in list(self._streams):
+    def _abort_all(self) -> None:
+        for rid in self.engine.live_request_ids():
             self._abort_now(rid)
-        log.info("aborted all live requests: %s", reason)
+        log.info("aborted all live requests: the engine is shutting down")
 
     def _close_inbox(self) -> None:
         with self._cv:
@@ -325,9 +285,63 @@ class AsyncEngine:
         st["step_seconds_count"] = sum(self._step_counts)
         st["step_seconds_sum"] = self._step_sum
         st["step_failures"] = self._step_failures
-        st["num_programs"] = len(self._programs)
         st["engine_alive"] = self._dead is None
         return st
+
+    # -- the output thread ---------------------------------------------------------------------
+    def _run_output(self) -> None:
+        proc = OutputProcessor(self.tokenizer, stream=True)
+        while True:
+            item = self._out.get()
+            kind = item[0]
+            try:
+                if kind == "close":
+                    return
+                self._handle_output(proc, item)
+            except Exception as exc:  # noqa: BLE001 - output bugs fail the streams, not the engine
+                log.exception("output processing failed")
+                self._fail(proc, list(self._streams), f"output processing failed: {exc}")
+
+    def _handle_output(self, proc: OutputProcessor, item: tuple) -> None:
+        kind = item[0]
+        if kind == "add":
+            _, admitted, stream = item
+            proc.add(admitted)
+            self._streams[admitted.spec.request_id] = stream
+        elif kind == "report":
+            outputs, stopped = proc.process(item[1])
+            for rid in stopped:  # the core finishes it with reason `stop`
+                self._submit(_Command(lambda r=rid: self._abort_now(r, "stop")))
+            self._send(outputs)
+        elif kind == "finished":
+            out = proc.finish(item[1], item[2])
+            self._send([out] if out is not None else [])
+        elif kind == "fail":
+            self._fail(proc, item[1], item[2])
+        elif kind == "fail_all":
+            self._fail(proc, list(self._streams), item[1])
+
+    def _send(self, outputs: list[RequestOutput]) -> None:
+        batches: dict[asyncio.AbstractEventLoop, list] = {}
+        for out in outputs:
+            stream = self._streams.get(out.request_id)
+            if stream is None:
+                continue
+            if out.finished:
+                del self._streams[out.request_id]
+            batches.setdefault(stream.loop, []).append((stream.queue, out))
+        for loop, items in batches.items():
+            _call_soon(loop, _deliver, items)
+
+    def _fail(self, proc: OutputProcessor, request_ids: list[str], message: str) -> None:
+        batches: dict[asyncio.AbstractEventLoop, list] = {}
+        for rid in request_ids:
+            proc.drop(rid)
+            stream = self._streams.pop(rid, None)
+            if stream is not None:
+                batches.setdefault(stream.loop, []).append((stream.queue, EngineError(message)))
+        for loop, items in batches.items():
+            _call_soon(loop, _deliver, items)
 
 
 def _cumsum(counts: list[int]) -> list[int]:

@@ -1,12 +1,12 @@
 """The protocol the HTTP server talks to (docs/interfaces.md, "Engine client").
 
 Implemented by the single-process :class:`pyserve.engine.async_engine.AsyncEngine` and by the
-Ray cluster client (``pyserve/dist/``). The server depends on nothing else of the engine.
+Ray cluster client (``pyserve/cluster/``). The server depends on nothing else of the engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
 from pyserve.engine.outputs import RequestOutput
@@ -25,7 +25,7 @@ class EngineDeadError(EngineError):
 class EngineClient(Protocol):
     """What a front end (the OpenAI server, a benchmark) needs from an engine.
 
-    ``tokenizer`` offers ``encode(text)``, ``decode(ids)`` and ``apply_chat_template(messages)``.
+    ``tokenizer`` offers ``encode(text)``, ``decode(ids)`` and ``apply_chat_template(messages, tools=None)``.
     """
 
     model_name: str
@@ -40,11 +40,11 @@ class EngineClient(Protocol):
         *,
         priority: float = 0.0,
         program_id: str | None = None,
-        thread_id: str | None = None,
-        parent_ids: Sequence[str] = (),
         ltr_score: float | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Yields cumulative RequestOutputs (with delta_text / delta_token_ids) until finished.
+        """Yields RequestOutputs until finished: ``text`` is cumulative, ``delta_text`` /
+        ``delta_token_ids`` what the item adds; unfinished items carry only their new token ids
+        and logprobs, the finished one all of them.
 
         Raises ValueError for bad input before anything is queued, EngineError when the engine
         fails the request. Cancelling the iterator (client disconnect) aborts the request and
@@ -62,6 +62,11 @@ class EngineClient(Protocol):
 
     async def end_program(self, program_id: str) -> None:
         """Ends a program; ValueError if it is unknown."""
+        ...
+
+    async def mark_coming_back(self, program_id: str) -> bool:
+        """Marks a program whose last call ended with a tool call: the agent will call again with
+        the same context (``ProgramTable.coming_back``). False if the program is unknown."""
         ...
 
     def has_program(self, program_id: str) -> bool:

@@ -1,7 +1,13 @@
-"""The engine step loop: schedule() in C++ → execute the StepPlan → update() in C++."""
+"""The sealed engine: typed messages in, one StepReport per step out.
+
+Each step: ``schedule()`` in C++ → the model runs the StepPlan and samples from the persistent
+per-slot settings → ``update()`` in C++ fills the step's report in one call. Detokenizing, stop
+strings and output assembly are the consumer's (``OutputProcessor``), off the step.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Sequence
@@ -17,19 +23,31 @@ from pyserve.engine.components import (
     resolve_device,
     resolve_max_model_len,
 )
+from pyserve.engine.messages import Abort, AddCall, Admitted, CallSpec, Message, ProgramOp
 from pyserve.engine.model_runner import ModelRunner
-from pyserve.engine.outputs import RequestOutput, TokenLogprob
-from pyserve.engine.request_state import RequestState
+from pyserve.engine.report import StepReport
+from pyserve.engine.slot_sampling import SlotSampling
 from pyserve.model.loader import load_model, parse_dtype
-from pyserve.model.sampler import SamplingBatch
 from pyserve.model.tokenizer import load_tokenizer
 from pyserve.sampling_params import SamplingParams
 
 
-class Engine:
-    """One model replica: the C++ scheduler plus a torch executor.
+def check_prompt_length(num_tokens: int, max_model_len: int) -> None:
+    """The one prompt-length check: a prompt must leave room for one generated token.
+    ValueError otherwise."""
+    if num_tokens == 0:
+        raise ValueError("prompt is empty")
+    if num_tokens >= max_model_len:
+        raise ValueError(f"prompt of {num_tokens} tokens leaves no room to generate within "
+                         f"max_model_len={max_model_len}")  # fmt: skip
 
-    Not thread-safe: one thread drives `step()` (the async engine wraps it for servers).
+
+class Engine:
+    """One model replica: the C++ scheduler plus a torch executor, behind :meth:`handle`
+    (messages) and :meth:`step` (reports).
+
+    Not thread-safe: one thread drives it (``AsyncEngine`` wraps it for servers and replicas).
+    Program membership (:meth:`has_program`) may be asked from any thread.
     """
 
     def __init__(self, config: EngineConfig, programs: _core.ProgramTable | None = None) -> None:
@@ -41,6 +59,7 @@ class Engine:
         self.dtype = parse_dtype(mc.dtype, self.model.config)
         self.tokenizer = load_tokenizer(mc.model)
         cfg = self.model.config
+        self.vocab_size = int(cfg.vocab_size)
         self.max_model_len = resolve_max_model_len(mc.max_model_len, cfg.max_model_len)
         self.eos_token_ids = list(cfg.eos_token_ids)
         kv = make_kv_cache(cfg, config.cache, self.dtype, self.device, self.max_model_len)
@@ -49,76 +68,70 @@ class Engine:
         core_cfg = core_config(config.scheduler, config.cache, num_gpu_blocks=kv.num_blocks,
                                num_cpu_blocks=kv.num_cpu_blocks,
                                max_model_len=self.max_model_len)  # fmt: skip
-        self.core = _core.Scheduler(core_cfg, self.eos_token_ids, programs)
-        self.states: dict[int, RequestState] = {}  # by core seq id
+        # NOTE: the core is private to this file (tests/test_sealed_engine.py checks it).
+        self._core = _core.Scheduler(core_cfg, self.eos_token_ids, programs)
+        self._slots = SlotSampling(self.vocab_size, self.eos_token_ids, self.device)
+        self._rid = np.empty(64, dtype=object)  # request id by core seq id
         self.ranker = None
         if config.scheduler.ltr_model:
             from pyserve.ltr import Ranker
 
             self.ranker = Ranker.load(config.scheduler.ltr_model)
         self._t0 = time.monotonic()
-        self.last_step: dict[str, float] = {}
 
-    # -- requests ------------------------------------------------------------------------------
+    # -- messages ------------------------------------------------------------------------------
     def now(self) -> float:
-        """Seconds since the engine started (the clock of arrival times and metrics)."""
+        """Seconds since the engine started (the clock of arrival times and reports)."""
         return time.monotonic() - self._t0
 
+    def handle(self, msg: Message):
+        """Applies one message between steps (see ``pyserve.engine.messages`` for results).
+        Raises ValueError for bad input, with nothing changed."""
+        if isinstance(msg, AddCall):
+            return self._add(msg.spec)
+        if isinstance(msg, Abort):
+            return self._finish(msg.request_id, msg.reason)
+        if isinstance(msg, ProgramOp):
+            return self._program(msg)
+        raise TypeError(f"not an engine message: {type(msg).__name__}")
+
     def encode(self, prompt: str | Sequence[int]) -> tuple[str | None, list[int]]:
+        """(text or None, token ids) of a prompt; ValueError for ids outside the vocabulary."""
         if isinstance(prompt, str):
             return prompt, self.tokenizer.encode(prompt)
         ids = [int(t) for t in prompt]
-        vocab = self.model.config.vocab_size
-        if any(t < 0 or t >= vocab for t in ids):
-            raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        if any(t < 0 or t >= self.vocab_size for t in ids):
+            raise ValueError(f"prompt token ids must be in [0, {self.vocab_size})")
         return None, ids
 
-    def add_request(
-        self,
-        request_id: str,
-        prompt: str | Sequence[int],
-        params: SamplingParams | None = None,
-        *,
-        priority: float = 0.0,
-        program_id: str | None = None,
-        thread_id: str | None = None,
-        parent_ids: Sequence[str] = (),
-        ltr_score: float | None = None,
-        index: int = 0,
-    ) -> None:
-        """Queues one sequence (n == 1; see `expand_n`). Raises ValueError on bad input, before
-        anything is scheduled."""
-        params = params or SamplingParams()
-        if params.n != 1:
-            raise ValueError("Engine.add_request takes n == 1; use expand_n() for n > 1")
-        text, ids = self.encode(prompt)
-        if not ids:
-            raise ValueError("prompt is empty")
-        if len(ids) >= self.max_model_len:
-            raise ValueError(f"prompt of {len(ids)} tokens leaves no room to generate within "
-                             f"max_model_len={self.max_model_len}")  # fmt: skip
-        if ltr_score is None:
-            ltr_score = self.score_prompt(text, ids)
-        max_tokens = params.max_tokens
-        if max_tokens is None:
-            max_tokens = self.max_model_len - len(ids)
+    def _add(self, spec: CallSpec) -> Admitted:
+        p = spec.params
+        if p.n != 1:
+            raise ValueError("an engine call takes n == 1; use expand_n() for n > 1")
+        text, ids = self.encode(spec.prompt)
+        check_prompt_length(len(ids), self.max_model_len)
+        score = spec.ltr_score if spec.ltr_score is not None else self.score_prompt(text, ids)
+        max_tokens = p.max_tokens if p.max_tokens is not None else self.max_model_len - len(ids)
         now = self.now()
-        self.core.advance_clock(now)
-        sid = self.core.add_request(
-            request_id,
-            np.asarray(ids, dtype=np.int32),
-            max_tokens=max_tokens,
-            min_tokens=params.min_tokens,
-            ignore_eos=params.ignore_eos,
-            stop_token_ids=list(params.stop_token_ids or ()),
-            priority=float(priority),
-            arrival_time=now,
-            program_id=program_id or "",
-            thread_id=thread_id or "",
-            parent_ids=list(parent_ids),
-            ltr_score=float(ltr_score),
-        )
-        self.states[sid] = RequestState(request_id, text, ids, params, self.tokenizer, now, index)
+        self._core.advance_clock(now)
+        try:
+            sid = self._core.add_request(
+                spec.request_id, np.asarray(ids, dtype=np.int32), max_tokens=max_tokens,
+                min_tokens=p.min_tokens, ignore_eos=p.ignore_eos,
+                stop_token_ids=list(p.stop_token_ids or ()), priority=float(spec.priority),
+                arrival_time=now, program_id=spec.program_id or "", ltr_score=float(score),
+                remaining_hint=float(spec.remaining_hint),
+                program_remaining_hint=float(spec.program_remaining_hint),
+            )  # fmt: skip
+        except (TypeError, OverflowError) as exc:  # argument conversion in the bindings
+            raise ValueError(f"invalid request {spec.request_id!r}: {exc}") from None
+        self._slots.add(sid, p, ids)
+        if sid >= self._rid.shape[0]:
+            grown = np.empty(max(2 * self._rid.shape[0], sid + 1), dtype=object)
+            grown[: self._rid.shape[0]] = self._rid
+            self._rid = grown
+        self._rid[sid] = spec.request_id
+        return Admitted(spec, text, ids, now)
 
     def score_prompt(self, text: str | None, ids: list[int]) -> float:
         """The ranker's score (lower = predicted shorter), scored once on arrival; 0 without one."""
@@ -128,110 +141,123 @@ class Engine:
             self.ranker.score([text if text is not None else self.tokenizer.decode(ids)])[0]
         )
 
-    def abort(self, request_id: str) -> None:
-        """Aborts a request in any state; its KV blocks are freed. ValueError if unknown."""
-        sid = self.core.find(request_id)
+    def _finish(self, request_id: str, reason: str):
+        sid = self._core.find(request_id)
         if sid < 0:
-            raise ValueError(f"unknown request id {request_id!r}")
-        self.core.abort(request_id)
-        self.states.pop(sid, None)
+            return None
+        done = self._core.finish(request_id, reason)
+        self._slots.finish(sid)
+        return done
+
+    def _program(self, op: ProgramOp):
+        if op.op == "start":
+            pid = op.program_id or f"prog-{uuid.uuid4().hex[:16]}"
+            self._core.start_program(pid)
+            return pid
+        if op.op == "end":
+            self._core.end_program(op.program_id or "")
+            return None
+        if op.op == "sync" and op.program_id and op.values is not None:
+            service, critical, wait = op.values
+            _core.sync_program(self._core.programs, op.program_id, service, critical, wait,
+                               self.now())  # fmt: skip
+            return None
+        raise ValueError(f"bad program operation {op!r}")
+
+    def has_program(self, program_id: str) -> bool:
+        """Whether the program is started and not yet ended (or expired). Any thread."""
+        return program_id in self._core.programs
+
+    def program_info(self, program_id: str) -> dict | None:
+        """The program table's entry (service, critical, wait, ...), None if absent."""
+        return self._core.program_info(program_id)
 
     def has_unfinished(self) -> bool:
-        return self.core.has_unfinished()
+        return self._core.has_unfinished()
 
-    def start_program(self, program_id: str | None = None) -> str:
-        """Registers a program (session) and returns its id."""
-        pid = program_id or f"prog-{uuid.uuid4().hex[:16]}"
-        self.core.start_program(pid)
-        return pid
-
-    def end_program(self, program_id: str) -> None:
-        """Ends a program; ValueError if it is unknown."""
-        self.core.end_program(program_id)
+    def mark_coming_back(self, program_id: str) -> bool:
+        """Marks a program whose last call ended with a tool call (its next call clears it);
+        False when the program is unknown (never started, ended or expired)."""
+        return self._core.programs.mark_coming_back(program_id)
 
     def stats(self) -> dict:
-        return self.core.stats()
+        """The core's counters (see ``_core.Scheduler.stats``) and the number of programs."""
+        return {**self._core.stats(), "num_programs": len(self._core.programs)}
+
+    def check_invariants(self) -> None:
+        """Raises if any allocator or bookkeeping invariant of the core is broken."""
+        self._core.check_invariants()
+
+    def live_request_ids(self) -> list[str]:
+        """Ids of every request the core holds (waiting, running or swapped)."""
+        return [self._rid[s] for s in np.nonzero(self._slots.live)[0]]
+
+    def abort_holding_kv(self) -> list:
+        """After a failed step: aborts every request whose KV may be inconsistent (running or
+        swapped; waiting ones hold no KV and survive). Returns their ``FinishedCall``s.
+
+        NOTE: schedule() ran but update() did not, so the step's prefills/decodes and any
+        swap/copy may not have happened.
+        """
+        done = []
+        for sid in np.nonzero(self._slots.live)[0]:
+            rid = self._rid[sid]
+            if self._core.find(rid) == sid and self._core.request_info(int(sid))["status"] != (
+                "waiting"
+            ):
+                done.append(self._finish(rid, "abort"))
+        return done
 
     # -- the step ------------------------------------------------------------------------------
-    def step(self) -> list[RequestOutput]:
-        """Runs one scheduler step; returns outputs of the requests that progressed or ended."""
+    def step(self) -> StepReport:
+        """Runs one scheduler step and returns its report."""
         t0 = time.perf_counter()
-        self.core.advance_clock(self.now())
-        plan = self.core.schedule()
+        self._core.advance_clock(self.now())
+        plan = self._core.schedule()
         t1 = time.perf_counter()
         rows = np.asarray(plan.seq_ids)[np.asarray(plan.sample_seq_idx)]
-        states = [self.states[int(s)] for s in rows]
-        out = self.runner.execute(plan, self._sampling_batch(states) if states else None)
+        # NOTE: the one place logits are sampled: ModelRunner.execute with this batch.
+        batch = self._slots.batch(rows) if rows.shape[0] else None
+        out = self.runner.execute(plan, batch)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
         tokens = (out.token_ids.to(torch.int32).cpu().numpy() if out is not None
                   else np.zeros(0, dtype=np.int32))  # fmt: skip
-        finished = self.core.update(tokens, t2 - t1)
+        rep = self._core.update(tokens, t2 - t1)
         t3 = time.perf_counter()
-        outputs = self._postprocess(plan, rows, states, tokens, out, finished)
+        report = self._report(rep, out)
         t4 = time.perf_counter()
-        self.last_step = {"schedule_s": t1 - t0, "execute_s": t2 - t1, "update_s": t3 - t2,
-                          "postprocess_s": t4 - t3, "num_tokens": plan.num_tokens}  # fmt: skip
-        return outputs
+        report.timings = {"schedule_s": t1 - t0, "execute_s": t2 - t1, "update_s": t3 - t2,
+                          "report_s": t4 - t3, "forward_s": self.runner.last_forward_s}  # fmt: skip
+        return report
 
-    def _sampling_batch(self, states: list[RequestState]) -> SamplingBatch:
-        params = [s.params for s in states]
-        need_prompt = any(p.repetition_penalty != 1.0 for p in params)
-        return SamplingBatch.from_params(
-            params,
-            [s.output_ids for s in states],
-            [s.prompt_ids for s in states] if need_prompt else None,
-            self.eos_token_ids,
-            self.device,
-        )
-
-    def _postprocess(self, plan, rows, states, tokens, out, finished) -> list[RequestOutput]:
-        now = self.now()
-        touched: dict[int, RequestState] = {}
-        # NOTE: a request is first scheduled as a prefill, so decodes (the bulk) are skipped.
-        for sid in np.asarray(plan.seq_ids)[plan.num_decodes :]:
-            st = self.states.get(int(sid))
-            if st is not None and st.metrics.first_scheduled_time is None:
-                st.metrics.first_scheduled_time = now
-                st.num_cached_tokens = self.core.request_info(int(sid))["num_cached_tokens"]
-        lp = _logprobs(out, states)
-        for i, (sid, st) in enumerate(zip(rows.tolist(), states)):
-            if self.states.get(sid) is not st:
-                continue  # aborted while the step ran
-            touched[sid] = st
-            if st.append(int(tokens[i]), now, lp[i] if lp else None) and self.core.find(
-                st.request_id) >= 0:  # fmt: skip
-                self.core.abort(st.request_id)  # a stop string ended it
-                finished.append((sid, "stop"))
-        for sid, reason in finished:
-            st = self.states.pop(sid, None)
-            if st is not None:
-                st.finish(reason, now)
-                touched[sid] = st
-        return [st.snapshot() for st in touched.values()]
-
-
-def _logprobs(out, states: list[RequestState]) -> list[TokenLogprob] | None:
-    if out is None or out.logprobs is None or not any(s.logprobs is not None for s in states):
-        return None
-    lps = out.logprobs.tolist()
-    ids = out.token_ids.tolist()
-    top_ids = out.topn_ids.tolist() if out.topn_ids is not None else [[] for _ in states]
-    top_lps = out.topn_logprobs.tolist() if out.topn_logprobs is not None else top_ids
-    res = []
-    for i, s in enumerate(states):
-        n = s.params.logprobs or 0
-        top = dict(zip(top_ids[i][:n], top_lps[i][:n]))
-        res.append(TokenLogprob(ids[i], lps[i], top))
-    return res
+    def _report(self, rep, out) -> StepReport:
+        seqs = np.array(rep.token_seq_ids)
+        toks = np.array(rep.tokens)
+        self._slots.record(seqs, toks)
+        for f in rep.finished:
+            self._slots.finish(f.seq_id)
+        report = StepReport(
+            step=rep.step, start_time=rep.start_time, end_time=rep.end_time,
+            request_ids=self._rid[seqs], token_ids=toks,
+            first_scheduled=self._rid[np.asarray(rep.first_scheduled)],
+            first_cached_tokens=np.array(rep.first_cached_tokens), finished=list(rep.finished),
+            num_seqs=rep.num_seqs, num_prefills=rep.num_prefills, num_tokens=rep.num_tokens,
+            kv_free_blocks=rep.gpu_blocks_free, kv_total_blocks=rep.gpu_blocks_total,
+        )  # fmt: skip
+        if out is not None and out.logprobs is not None:
+            rows = torch.from_numpy(np.asarray(rep.token_rows, dtype=np.int64))
+            report.logprobs = out.logprobs.cpu().index_select(0, rows).numpy()
+            if out.topn_ids is not None:
+                report.topn_ids = out.topn_ids.cpu().index_select(0, rows).numpy()
+                report.topn_logprobs = out.topn_logprobs.cpu().index_select(0, rows).numpy()
+        return report
 
 
 def expand_n(request_id: str, params: SamplingParams) -> list[tuple[str, SamplingParams, int]]:
     """Splits an n > 1 request into n sequences (ids `<id>-<i>`); seeded ones get seed + i so the
     choices differ yet stay reproducible."""
-    import dataclasses
-
     if params.n == 1:
         return [(request_id, params, 0)]
     out = []

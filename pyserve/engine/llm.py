@@ -1,20 +1,23 @@
-"""Offline API: `LLM(model, **engine_options).generate(prompts, params)`."""
+"""Offline API (vLLM-compatible): `LLM(model, **engine_options).generate(prompts, params)`."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from pyserve.config import EngineConfig
 from pyserve.engine.engine import Engine, expand_n
+from pyserve.engine.messages import Abort, AddCall, CallSpec, ProgramOp
+from pyserve.engine.output_processor import OutputProcessor
 from pyserve.engine.outputs import RequestOutput
 from pyserve.engine.programs import Program
 from pyserve.sampling_params import SamplingParams
 
-Prompt = str | Sequence[int]
+PROMPT_FORMS = ('a str, {"prompt": str}, {"prompt_token_ids": list[int]}, or a list of '
+                "these")  # fmt: skip
 
 
 class LLM:
@@ -34,68 +37,105 @@ class LLM:
 
     def generate(
         self,
-        prompts: Prompt | Sequence[Prompt],
+        prompts: Any,
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
         *,
         priority: float | Sequence[float] = 0.0,
         program_id: str | None = None,
-        thread_id: str | None = None,
-        parent_ids: Sequence[str] = (),
         ltr_score: float | Sequence[float] | None = None,
-    ) -> list[RequestOutput] | list[list[RequestOutput]]:
-        """Generates for every prompt; returns outputs in prompt order (a list of n choices per
-        prompt when n > 1). Raises ValueError for bad input before anything is scheduled."""
-        plist = _as_prompt_list(prompts)
+    ) -> list[RequestOutput]:
+        """Generates for every prompt; returns one RequestOutput per prompt, in prompt order,
+        with ``n`` CompletionOutputs each. Prompts: a str, ``{"prompt": str}``,
+        ``{"prompt_token_ids": [...]}`` or a list of these (TypeError otherwise). Raises
+        ValueError for bad input before anything is scheduled."""
+        plist = parse_prompts(prompts)
         params = _broadcast(sampling_params or SamplingParams(), len(plist), "sampling_params")
         prios = _broadcast(priority, len(plist), "priority")
         scores = _broadcast(ltr_score, len(plist), "ltr_score")
+        proc = OutputProcessor(self.engine.tokenizer, stream=False)
         added: list[list[str]] = []
         try:
             for prompt, p, prio, score in zip(plist, params, prios, scores):
                 ids = []
                 for rid, sub, idx in expand_n(f"gen-{next(self._ids)}", p):
-                    self.engine.add_request(rid, prompt, sub, priority=prio, ltr_score=score,
-                                            program_id=program_id, thread_id=thread_id,
-                                            parent_ids=parent_ids, index=idx)  # fmt: skip
+                    spec = CallSpec(rid, prompt, sub, prio, program_id, score, idx)
+                    proc.add(self.engine.handle(AddCall(spec)))
                     ids.append(rid)
                 added.append(ids)
         except ValueError:
             for rid in itertools.chain.from_iterable(added):
-                self.engine.abort(rid)
+                self.engine.handle(Abort(rid))
             raise
-        return self._run(added, use_tqdm, any(p.n > 1 for p in params))
+        return self._run(proc, added, use_tqdm)
 
-    def _run(self, added: list[list[str]], use_tqdm: bool, grouped: bool):
-        want = {rid for ids in added for rid in ids}
+    def _run(self, proc: OutputProcessor, added: list[list[str]], use_tqdm: bool):
+        want = sum(len(ids) for ids in added)
         done: dict[str, RequestOutput] = {}
-        bar = tqdm(total=len(want), desc="generate", disable=not use_tqdm, unit="req")
-        while len(done) < len(want):
+        bar = tqdm(total=want, desc="generate", disable=not use_tqdm, unit="req")
+        while len(done) < want:
             if not self.engine.has_unfinished():
                 raise RuntimeError("engine idle with requests outstanding")
-            for out in self.engine.step():
-                if out.finished and out.request_id in want:
-                    done[out.request_id] = out
-                    bar.update(1)
+            outputs, stopped = proc.process(self.engine.step())
+            for rid in stopped:  # the core finishes them with reason `stop`
+                f = self.engine.handle(Abort(rid, reason="stop"))
+                if f is not None and (out := proc.finish(f, self.engine.now())) is not None:
+                    outputs.append(out)
+            for out in outputs:
+                done[out.request_id] = out
+            bar.update(len(outputs))
         bar.close()
-        if grouped:
-            return [[done[r] for r in ids] for ids in added]
-        return [done[ids[0]] for ids in added]
+        return [_group(base, [done[r] for r in ids]) for base, ids in zip(_bases(added), added)]
 
     def program(self, program_id: str | None = None) -> Program:
         """A program (session) context: `with llm.program() as p: p.generate(...)`."""
         return Program(self, program_id)
 
+    def start_program(self, program_id: str | None = None) -> str:
+        """Starts a program (session); returns its id. ValueError if it is already started."""
+        return self.engine.handle(ProgramOp("start", program_id))
 
-def _as_prompt_list(prompts) -> list[Prompt]:
-    if isinstance(prompts, str):
-        return [prompts]
-    if isinstance(prompts, Sequence) and prompts and all(isinstance(t, int) for t in prompts):
-        return [list(prompts)]
-    plist = list(prompts)
-    if not plist:
+    def end_program(self, program_id: str) -> None:
+        """Ends a program; ValueError if it is unknown."""
+        self.engine.handle(ProgramOp("end", program_id))
+
+
+def parse_prompts(prompts: Any) -> list[str | list[int]]:
+    """Normalises the accepted prompt forms to a list of text or token-id lists.
+    TypeError naming the accepted forms for anything else; ValueError for an empty list."""
+    if isinstance(prompts, (str, Mapping)):
+        return [_one_prompt(prompts)]
+    if not isinstance(prompts, Sequence) or isinstance(prompts, (bytes, bytearray)):
+        raise TypeError(f"prompts must be {PROMPT_FORMS}; got {type(prompts).__name__}")
+    if not prompts:
         raise ValueError("no prompts given")
-    return plist
+    return [_one_prompt(p) for p in prompts]
+
+
+def _one_prompt(p: Any) -> str | list[int]:
+    if isinstance(p, str):
+        return p
+    if isinstance(p, Mapping):
+        keys = set(p)
+        if keys == {"prompt"} and isinstance(p["prompt"], str):
+            return p["prompt"]
+        ids = p.get("prompt_token_ids")
+        if keys == {"prompt_token_ids"} and isinstance(ids, Sequence) and not isinstance(
+                ids, (str, bytes)) and all(isinstance(t, int) and not isinstance(t, bool)
+                                           for t in ids):  # fmt: skip
+            return list(ids)
+    raise TypeError(f"each prompt must be {PROMPT_FORMS}; got {p!r:.80}")
+
+
+def _bases(added: list[list[str]]) -> list[str]:
+    return [ids[0] if len(ids) == 1 else ids[0].rsplit("-", 1)[0] for ids in added]
+
+
+def _group(request_id: str, outs: list[RequestOutput]) -> RequestOutput:
+    first = outs[0]
+    return RequestOutput(request_id, first.prompt, first.prompt_token_ids,
+                         [c for o in outs for c in o.outputs], True, first.num_cached_tokens,
+                         first.metrics)  # fmt: skip
 
 
 def _broadcast(value, n: int, name: str) -> list:

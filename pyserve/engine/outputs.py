@@ -1,4 +1,4 @@
-"""What the engine hands back: per-request outputs, token logprobs and timings."""
+"""What callers get back (vLLM-shaped): per-request outputs, token logprobs and timings."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ from dataclasses import dataclass, field
 
 @dataclass
 class RequestMetrics:
-    """Wall-clock timings in seconds on the engine's monotonic clock."""
+    """Wall-clock timings in seconds on the engine's clock, plus the core's accounting."""
 
     arrival_time: float
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     finished_time: float | None = None
     token_times: list[float] = field(default_factory=list)
+    service: float = 0.0  # model-execution seconds charged to the call (set when finished)
+    wait: float = 0.0  # seconds queued (set when finished)
+    program_critical: float = 0.0  # its program's critical-path scalar after it (ATLAS)
 
     @property
     def ttft(self) -> float | None:
@@ -46,19 +49,67 @@ class TokenLogprob:
 
 
 @dataclass
+class CompletionOutput:
+    """One generated sequence (vLLM's ``CompletionOutput``).
+
+    NOTE: ``text`` is always cumulative (an immutable str, shared, never copied). On a finished
+    output ``token_ids``/``logprobs`` are cumulative too; on an unfinished streamed output they
+    hold only what this item adds (== ``delta_token_ids``), so streaming does not copy the whole
+    token list every step.
+    """
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None  # stop | length | abort
+    delta_text: str = ""
+    delta_token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
 class RequestOutput:
-    """State of one request after a step (cumulative) plus what this step added (delta)."""
+    """One request's outputs (vLLM's ``RequestOutput``): ``outputs`` holds one
+    :class:`CompletionOutput` per choice (``n`` of them from ``LLM.generate``; one per streamed
+    sequence from an engine client)."""
 
     request_id: str
     prompt: str | None
     prompt_token_ids: list[int]
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[TokenLogprob] | None = None
+    outputs: list[CompletionOutput]
     finished: bool = False
-    finish_reason: str | None = None  # stop | length | abort
-    delta_text: str = ""
-    delta_token_ids: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0
     metrics: RequestMetrics | None = None
-    index: int = 0  # choice index for n > 1
+
+    # NOTE: a streamed sequence has exactly one output; these read it (engine clients, server).
+    @property
+    def text(self) -> str:
+        return self.outputs[0].text
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.outputs[0].token_ids
+
+    @property
+    def logprobs(self) -> list[TokenLogprob] | None:
+        return self.outputs[0].logprobs
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.outputs[0].finish_reason
+
+    @property
+    def delta_text(self) -> str:
+        return self.outputs[0].delta_text
+
+    @property
+    def delta_token_ids(self) -> list[int]:
+        return self.outputs[0].delta_token_ids
+
+    @property
+    def index(self) -> int:
+        return self.outputs[0].index

@@ -18,12 +18,12 @@ class Program:
         self.id: str | None = None
 
     def __enter__(self) -> Program:
-        self.id = self.llm.engine.start_program(self._requested)
+        self.id = self.llm.start_program(self._requested)
         return self
 
     def __exit__(self, *exc) -> None:
         if self.id is not None:
-            self.llm.engine.end_program(self.id)
+            self.llm.end_program(self.id)
             self.id = None
 
     def generate(self, prompts, sampling_params=None, use_tqdm: bool = False, **kwargs):

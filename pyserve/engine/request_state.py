@@ -1,92 +1,95 @@
-"""Per-request Python state: sampling params, detokenizer, stop strings, outputs, timings."""
+"""Per-request state on the consumer side: detokenizer, stop strings, outputs, timings."""
 
 from __future__ import annotations
 
-from pyserve.engine.outputs import RequestMetrics, RequestOutput, TokenLogprob
+from pyserve.engine.messages import Admitted
+from pyserve.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
 from pyserve.model.tokenizer import IncrementalDetokenizer, StopStringMatcher
-from pyserve.sampling_params import SamplingParams
 
 
 class RequestState:
-    """Everything Python keeps about a live request (the core keeps the scheduling state)."""
+    """What the consumer keeps about a live request (the core keeps the scheduling state).
 
-    def __init__(
-        self,
-        request_id: str,
-        prompt: str | None,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        tokenizer,
-        arrival_time: float,
-        index: int = 0,
-    ) -> None:
-        self.request_id = request_id
-        self.prompt = prompt
-        self.prompt_ids = prompt_ids
+    ``stream=False`` (offline): no incremental detokenizing unless stop strings need it; the text
+    is decoded once when the request finishes.
+    """
+
+    def __init__(self, admitted: Admitted, tokenizer, stream: bool) -> None:
+        spec = admitted.spec
+        params = spec.params
+        self.request_id = spec.request_id
+        self.prompt = admitted.prompt
+        self.prompt_ids = admitted.prompt_token_ids
         self.params = params
-        self.index = index
+        self.index = spec.index
+        self.tokenizer = tokenizer
         self.output_ids: list[int] = []
         self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
-        self.detok = IncrementalDetokenizer(tokenizer, prompt_ids, params.skip_special_tokens)
-        self.stops = (
-            StopStringMatcher(params.stop, params.include_stop_str_in_output)
-            if params.stop
-            else None
-        )
+        self.stops = (StopStringMatcher(params.stop, params.include_stop_str_in_output)
+                      if params.stop else None)  # fmt: skip
+        incremental = stream or self.stops is not None
+        self.detok = (IncrementalDetokenizer(tokenizer, self.prompt_ids,
+                                             params.skip_special_tokens)
+                      if incremental else None)  # fmt: skip
         self.text = ""
-        self.metrics = RequestMetrics(arrival_time=arrival_time)
+        self.metrics = RequestMetrics(arrival_time=admitted.arrival_time)
         self.finish_reason: str | None = None
+        self.stopped = False  # a stop string matched; the core is being told
         self.num_cached_tokens = 0
         self._delta_text = ""
-        self._delta_ids: list[int] = []
+        self._delta_start = 0  # index into output_ids of the first undelivered token
 
     def append(self, token: int, now: float, logprob: TokenLogprob | None) -> bool:
-        """Adds one sampled token; returns True when a stop string ended the request."""
+        """Adds one sampled token; returns True when a stop string matched just now."""
+        if self.stopped:
+            return False  # sampled before the core heard of the stop
         self.output_ids.append(token)
-        self._delta_ids.append(token)
         if self.logprobs is not None and logprob is not None:
             self.logprobs.append(logprob)
         m = self.metrics
         if m.first_token_time is None:
             m.first_token_time = now
         m.token_times.append(now)
+        if self.detok is None:
+            return False
         delta = self.detok.add(token)
         if self.stops is None:
             self._emit(delta)
             return False
-        emit, stopped = self.stops.process(delta)
+        emit, self.stopped = self.stops.process(delta)
         self._emit(emit)
-        if stopped:
-            self.finish_reason = "stop"
-        return stopped
+        return self.stopped
 
-    def finish(self, reason: str, now: float) -> None:
-        if self.finish_reason is None:
-            self.finish_reason = reason
-        if self.stops is not None and self.finish_reason != "stop":
+    def finish(self, done, now: float) -> None:
+        """The core released the request (``done``: its ``_core.FinishedCall``; any reason,
+        ``stop`` wins once a stop string matched)."""
+        self.finish_reason = "stop" if self.stopped else done.reason
+        if self.detok is None:
+            self._emit(self.tokenizer.decode(self.output_ids, self.params.skip_special_tokens))
+        elif self.stops is not None and not self.stopped:
             self._emit(self.stops.flush())
-        self.metrics.finished_time = now
+        m = self.metrics
+        m.finished_time, m.service, m.wait = now, done.service, done.wait
+        m.program_critical = done.program_critical
 
     def _emit(self, text: str) -> None:
         self.text += text
         self._delta_text += text
 
-    def snapshot(self) -> RequestOutput:
-        """The cumulative output, with the delta since the previous snapshot."""
-        out = RequestOutput(
-            request_id=self.request_id,
-            prompt=self.prompt,
-            prompt_token_ids=self.prompt_ids,
-            text=self.text,
-            token_ids=list(self.output_ids),
-            logprobs=list(self.logprobs) if self.logprobs is not None else None,
-            finished=self.metrics.finished_time is not None,
-            finish_reason=self.finish_reason if self.metrics.finished_time is not None else None,
-            delta_text=self._delta_text,
-            delta_token_ids=self._delta_ids,
-            num_cached_tokens=self.num_cached_tokens,
-            metrics=self.metrics,
-            index=self.index,
-        )
-        self._delta_text, self._delta_ids = "", []
-        return out
+    def output(self) -> RequestOutput:
+        """The output since the previous call: deltas, or the cumulative output once finished
+        (see :class:`CompletionOutput`)."""
+        finished = self.finish_reason is not None
+        ids = self.output_ids[self._delta_start :]
+        lps = self.logprobs
+        if finished:
+            comp = CompletionOutput(self.index, self.text, list(self.output_ids),
+                                    list(lps) if lps is not None else None, self.finish_reason,
+                                    self._delta_text, ids)  # fmt: skip
+        else:
+            delta_lps = lps[self._delta_start :] if lps is not None else None
+            comp = CompletionOutput(self.index, self.text, ids, delta_lps, None, self._delta_text,
+                                    ids)  # fmt: skip
+        self._delta_text, self._delta_start = "", len(self.output_ids)
+        return RequestOutput(self.request_id, self.prompt, self.prompt_ids, [comp], finished,
+                             self.num_cached_tokens, self.metrics)  # fmt: skip

@@ -45,9 +45,9 @@ class TorchSwapOps:
 
 
 def block_bytes(
-    num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
+    num_layers: int, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype
 ) -> int:
-    """Bytes one block takes across all layers (K and V)."""
+    """Bytes one block takes across all layers (K and V). Arguments in KVCache's order."""
     elem = torch.empty((), dtype=dtype).element_size()
     return num_layers * 2 * block_size * num_kv_heads * head_dim * elem
 
@@ -115,7 +115,7 @@ class KVCache:
         ``swap_budget_bytes``.
         """
         dev = torch.device(device)
-        per_block = block_bytes(num_layers, block_size, num_kv_heads, head_dim, dtype)
+        per_block = block_bytes(num_layers, num_kv_heads, head_dim, block_size, dtype)
         if dev.type == "cuda":
             if not 0.0 < gpu_memory_fraction <= 1.0:
                 raise ValueError(

@@ -15,12 +15,44 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-BUILTIN_VERSION = 1
+BUILTIN_VERSION = 2  # 2: the chat template renders tools, tool calls and tool results
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# ChatML with Hermes/Qwen2.5-style tools: the tool list goes into the system turn, an assistant's
+# calls are <tool_call>{"name", "arguments"}</tool_call> blocks, and a tool result is a "tool"
+# turn holding its tool_call_id, name and content (so the tool-call parser is "hermes").
 CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{%- set ns = namespace(start=0) -%}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n' -}}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{{- messages[0]['content'] + '\\n\\n' -}}{%- set ns.start = 1 -%}"
+    "{%- endif -%}"
+    "{{- '# Tools\\n\\nYou may call functions. Their signatures are within <tools></tools>:"
+    "\\n<tools>\\n' -}}"
+    "{%- for tool in tools -%}{{- tool | tojson -}}{{- '\\n' -}}{%- endfor -%}"
+    "{{- '</tools>\\n\\nTo call a function, answer with a JSON object within "
+    "<tool_call></tool_call>:\\n<tool_call>\\n{\"name\": <function-name>, \"arguments\": "
+    "<args-json-object>}\\n</tool_call><|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- for message in messages[ns.start:] -%}"
+    "{%- if message['role'] == 'tool' -%}"
+    "{{- '<|im_start|>tool\\n<tool_response>\\n' -}}"
+    "{{- {'tool_call_id': message.get('tool_call_id'), 'name': message.get('name'),"
+    " 'content': message['content']} | tojson -}}"
+    "{{- '\\n</tool_response><|im_end|>\\n' -}}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + (message['content'] or '') -}}"
+    "{%- for call in message.get('tool_calls') or [] -%}"
+    "{%- set fn = call['function'] if call['function'] is defined else call -%}"
+    "{%- if loop.first and message['content'] -%}{{- '\\n' -}}{%- endif -%}"
+    "{{- '<tool_call>\\n' -}}"
+    "{{- {'name': fn['name'], 'arguments': fn['arguments']} | tojson -}}"
+    "{{- '\\n</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 TINY = dict(
     hidden_size=128,

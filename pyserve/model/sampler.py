@@ -23,10 +23,15 @@ def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> 
 class SamplingBatch:
     """Per-row sampling settings as tensors on the logits' device (rows = sampled sequences).
 
-    ``top_k <= 0`` disables top-k. ``output_token_ids`` / ``prompt_token_ids`` are ``[N, L]``
-    int64 padded with -1 (``None`` when no penalties are used). ``banned_token_ids`` ``[N, B]``
-    (-1 padded) are masked out, e.g. EOS before ``min_tokens``. ``generators[i]`` (optional)
-    draws row ``i``'s randomness; other rows use the global (or ``generator``) RNG.
+    ``top_k <= 0`` disables top-k. Penalties read the tokens seen so far either as
+    ``output_token_ids`` / ``prompt_token_ids`` (``[N, L]`` int64 padded with -1) or, from the
+    engine's persistent per-slot state, as ``output_counts`` (float32 ``[N, V]``) and
+    ``prompt_seen`` (bool ``[N, V]``); ``None`` when no penalties are used.
+    ``banned_token_ids`` ``[N, B]`` (-1 padded) are masked out, e.g. EOS before ``min_tokens``.
+    ``generators[i]`` (optional) draws row ``i``'s randomness; other rows use the global (or
+    ``generator``) RNG. ``token_bitmask`` (optional, int32 ``[N, ceil(V / 32)]``, xgrammar's
+    layout: bit ``j % 32`` of word ``j // 32`` set = token ``j`` allowed) restricts each row to
+    the tokens a structured-output matcher allows; it is applied before everything else.
     """
 
     temperature: torch.Tensor  # float32 [N]
@@ -38,7 +43,10 @@ class SamplingBatch:
     frequency_penalty: torch.Tensor  # float32 [N]
     output_token_ids: torch.Tensor | None = None
     prompt_token_ids: torch.Tensor | None = None
+    output_counts: torch.Tensor | None = None
+    prompt_seen: torch.Tensor | None = None
     banned_token_ids: torch.Tensor | None = None
+    token_bitmask: torch.Tensor | None = None
     generators: Sequence[torch.Generator | None] | None = None
     num_logprobs: int = 0
     need_logprobs: bool = False
@@ -135,9 +143,14 @@ def token_counts(ids: torch.Tensor, vocab: int) -> torch.Tensor:
 def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     """Repetition (prompt + output), presence and frequency (output) penalties, out of place."""
     vocab = logits.shape[1]
-    out_counts = token_counts(batch.output_token_ids, vocab)
+    if batch.output_counts is not None:
+        out_counts = batch.output_counts[:, :vocab]
+    else:
+        out_counts = token_counts(batch.output_token_ids, vocab)
     seen = out_counts > 0
-    if batch.prompt_token_ids is not None:
+    if batch.prompt_seen is not None:
+        seen = seen | batch.prompt_seen[:, :vocab]
+    elif batch.prompt_token_ids is not None:
         seen = seen | (token_counts(batch.prompt_token_ids, vocab) > 0)
     rep = batch.repetition_penalty[:, None]
     penalised = torch.where(logits > 0, logits / rep, logits * rep)
@@ -168,7 +181,7 @@ def apply_filters(scaled: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
 class Sampler:
     """Samples one token per row of ``logits [N, V]`` (float32) under a :class:`SamplingBatch`.
 
-    Order: banned tokens, penalties, temperature (0 ⇒ greedy), min-p, top-k, top-p, then a draw
+    Order: the structured-output bitmask, banned tokens, penalties, temperature (0 ⇒ greedy), min-p, top-k, top-p, then a draw
     by the exponential race ``argmax(p / E)``, ``E ~ Exp(1)`` (one draw per row from the row's
     generator when seeded). Logprobs are ``log_softmax`` of the penalised, temperature-scaled
     logits (temperature 1 for greedy rows) before the top-k/top-p/min-p filters.
@@ -180,9 +193,12 @@ class Sampler:
         if logits.dim() != 2 or logits.shape[0] != batch.temperature.shape[0]:
             raise ValueError(f"logits must be [N, V] with N = {batch.temperature.shape[0]} rows")
         logits = logits.float()
+        if batch.token_bitmask is not None:
+            logits = apply_token_bitmask(logits, batch.token_bitmask)
         if batch.banned_token_ids is not None:
             logits = _ban(logits, batch.banned_token_ids)
-        if batch.any_penalty and batch.output_token_ids is not None:
+        has_history = batch.output_token_ids is not None or batch.output_counts is not None
+        if batch.any_penalty and has_history:
             logits = apply_penalties(logits, batch)
         greedy = batch.temperature == 0
         temp = torch.where(greedy, 1.0, batch.temperature)[:, None]
@@ -222,3 +238,15 @@ def _ban(logits: torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
     mask = torch.zeros(logits.shape[0], vocab + 1, dtype=torch.bool, device=logits.device)
     mask.scatter_(1, torch.where(banned < 0, vocab, banned), True)
     return logits.masked_fill(mask[:, :vocab], float("-inf"))
+
+
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    """Masks (to -inf) the tokens whose bit is clear in ``bitmask`` (int32 ``[N, ceil(V/32)]``,
+    xgrammar's layout), out of place."""
+    vocab = logits.shape[1]
+    if bitmask.dim() != 2 or bitmask.shape[0] != logits.shape[0] or bitmask.shape[1] * 32 < vocab:
+        raise ValueError(f"token_bitmask must be [N, >= {(vocab + 31) // 32}] int32")
+    shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
+    bits = (bitmask.to(logits.device)[:, :, None] >> shifts) & 1  # [N, W, 32]
+    allowed = bits.reshape(logits.shape[0], -1)[:, :vocab].bool()
+    return logits.masked_fill(~allowed, float("-inf"))

@@ -36,14 +36,27 @@ class Tokenizer:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
-        """Token ids of a chat rendered with the folder's chat template."""
+        """Token ids of a chat rendered with the folder's chat template.
+
+        ``tools`` (OpenAI function-tool dicts) reach the template as ``tools``; a template that
+        refuses the chat (``raise_exception``) or fails to render raises ValueError.
+        """
+        from jinja2 import TemplateError
+
         if not getattr(self.hf, "chat_template", None):
             raise ValueError("this tokenizer has no chat template")
-        text = self.hf.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        extra = {"tools": tools} if tools else {}
+        try:
+            text = self.hf.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt, **extra
+            )
+        except TemplateError as exc:
+            raise ValueError(f"the chat template failed: {exc}") from None
         return self.encode(text, add_special_tokens=False)
 
 

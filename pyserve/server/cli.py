@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from pyserve.server.app import API_KEY_ENV, DEFAULT_MAX_REQUEST_BYTES
+from pyserve.server.tool_parsers import PARSERS
 
 KEEP_ALIVE_S = 30  # idle keep-alive connections: longer than uvicorn's 5 s for agent loops
 
@@ -48,6 +49,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--policy", default="fcfs", help="scheduling policy (fcfs, priority, plas, ...)")
     p.add_argument("--served-model-name", default=None, help="model name clients must send")
     p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
+    p.add_argument("--tool-call-parser", default=None, choices=sorted(PARSERS),
+                   help="tool-call format of the model's answers (default: read from the chat "
+                   "template)")  # fmt: skip
     p.add_argument("--no-prefix-caching", action="store_true", help="disable the prefix cache")
     p.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
                    help="scheduler policy knob, e.g. starvation_beta=8 (repeatable)")  # fmt: skip
@@ -58,7 +62,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     for name, typ in ENGINE_OPTIONS.items():
         p.add_argument("--" + name.replace("_", "-"), type=typ, default=None)
-    from pyserve.dist.cli import register_serve_args
+    from pyserve.cluster.cli import register_serve_args
 
     register_serve_args(p)  # --replicas K [--ray-address ADDR]: replicas on Ray behind the router
     p.set_defaults(func=run_serve)
@@ -76,30 +80,18 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     if args.no_prefix_caching:
         kw["enable_prefix_caching"] = False
     if args.policy_option:
-        kw["policy_options"] = dict(_policy_option(o) for o in args.policy_option)
+        from pyserve.config import parse_policy_options
+
+        kw["policy_options"] = parse_policy_options(args.policy_option)
     return kw
-
-
-def _policy_option(text: str) -> tuple[str, int | float]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--policy-option needs KEY=VALUE, got {text!r}")
-    try:
-        return key, int(value)
-    except ValueError:
-        pass
-    try:
-        return key, float(value)
-    except ValueError:
-        raise ValueError(f"--policy-option {key}: {value!r} is not a number") from None
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """Loads the model, starts the async engine and serves until interrupted."""
     import uvicorn
 
+    from pyserve.cluster.cli import build_cluster, wants_cluster
     from pyserve.config import EngineConfig
-    from pyserve.dist.cli import build_cluster, wants_cluster
     from pyserve.engine.async_engine import AsyncEngine
     from pyserve.server.app import build_app
 
@@ -119,7 +111,8 @@ def run_serve(args: argparse.Namespace) -> int:
             client = AsyncEngine.from_config(config)
         app = build_app(client, api_key=args.api_key or os.environ.get(API_KEY_ENV),
                         max_request_bytes=args.max_request_bytes,
-                        served_model_name=args.served_model_name)  # fmt: skip
+                        served_model_name=args.served_model_name,
+                        tool_call_parser=args.tool_call_parser)  # fmt: skip
     except ValueError as exc:
         print(f"pyserve serve: error: {exc}", file=sys.stderr)
         return 2

@@ -1,18 +1,20 @@
 """Pydantic models of the OpenAI-compatible API (requests, responses, stream chunks, errors).
 
-Fields beyond OpenAI's (vLLM-style sampling extensions and the program tags ``program_id``,
-``thread_id``, ``parent_ids``, ``priority``) are sent by the openai client as ``extra_body``.
+Fields beyond OpenAI's (vLLM-style sampling extensions, ``program_id`` with its alias
+``session_id``, and ``priority``) are sent by the openai client as ``extra_body``; ``thread_id`` /
+``parent_ids`` are declared only so that they are answered with a 400 (no policy uses them).
 Unknown fields are ignored, as vLLM does.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pyserve.sampling_params import MAX_LOGPROBS
+from pyserve.server.tools import ToolCallItem, ToolFields
 
 MAX_N = 16  # choices per request
 MAX_STOP = 16  # stop strings per request
@@ -75,6 +77,7 @@ class SamplingFields(BaseModel):
     user: str | None = None
     priority: Finite = 0.0
     program_id: TagId | None = None
+    session_id: TagId | None = None
     thread_id: TagId | None = None
     parent_ids: list[TagId] = Field(default_factory=list, max_length=1024)
 
@@ -103,15 +106,17 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    """One chat message (text content only)."""
+    """One chat message: text content, an assistant's ``tool_calls``, a tool's ``tool_call_id``."""
 
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallItem] | None = None
+    tool_call_id: str | None = None
 
 
-class ChatCompletionRequest(SamplingFields):
+class ChatCompletionRequest(SamplingFields, ToolFields):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage] = Field(min_length=1)
@@ -119,12 +124,20 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    # the deprecated function-calling fields: refused with a 400 pointing to tools / tool_choice
+    functions: list[Any] | None = None
+    function_call: Any = None
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
 
 
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class CompletionLogprobs(BaseModel):
@@ -166,9 +179,21 @@ class ChatLogprobs(BaseModel):
     content: list[ChatTokenLogprob] | None = None
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCallOut] = Field(default_factory=list)
 
 
 class ChatChoice(BaseModel):
@@ -187,9 +212,22 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage | None = None
 
 
+class DeltaFunction(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunction
+
+
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatChunkChoice(BaseModel):

@@ -18,6 +18,7 @@ from pyserve.server.protocol import (
     CompletionChoice,
     CompletionLogprobs,
     CompletionResponse,
+    PromptTokensDetails,
     TopLogprob,
     Usage,
 )
@@ -42,11 +43,14 @@ class TokenText:
         return text
 
 
-def usage(prompts: Sequence[list[int]], outs: Sequence[RequestOutput]) -> Usage:
-    """Token counts: each prompt once, every choice's output."""
+def usage(prompts: Sequence[list[int]], outs: Sequence[RequestOutput], n: int = 1) -> Usage:
+    """Token counts: each prompt once, every choice's output; ``cached_tokens`` are the prompt
+    tokens served from the prefix cache (``n`` choices per prompt, counted for the first)."""
     p = sum(len(ids) for ids in prompts)
     c = sum(len(o.token_ids) for o in outs)
-    return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
+    cached = sum(o.num_cached_tokens for i, o in enumerate(outs) if i % n == 0)
+    return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))  # fmt: skip
 
 
 def _finish_reason(out: RequestOutput) -> str | None:
@@ -79,7 +83,7 @@ def completion_response(job: Job, model: str, outs: list[RequestOutput], echo: S
         choices.append(CompletionChoice(index=i, text=head + out.text, logprobs=lps,
                                         finish_reason=out.finish_reason))  # fmt: skip
     return CompletionResponse(
-        id=job.id, model=model, choices=choices, usage=usage(job.prompts, outs)
+        id=job.id, model=model, choices=choices, usage=usage(job.prompts, outs, job.n)
     )
 
 
@@ -124,7 +128,7 @@ def chat_response(job: Job, model: str, outs: list[RequestOutput], text: TokenTe
         for i, out in enumerate(outs)
     ]
     return ChatCompletionResponse(id=job.id, model=model, choices=choices,
-                                  usage=usage(job.prompts, outs))  # fmt: skip
+                                  usage=usage(job.prompts, outs, job.n))  # fmt: skip
 
 
 def chat_chunk(job: Job, model: str, created: int, index: int, out: RequestOutput,
@@ -170,7 +174,7 @@ async def sse_stream(job: Job, chunk: ChunkFn, include_usage: bool, model: str,
         if include_usage:
             outs = [last[i] for i in sorted(last)]
             final = {"id": job.id, "object": object_name, "created": created, "model": model,
-                     "choices": [], "usage": usage(job.prompts, outs).model_dump()}  # fmt: skip
+                     "choices": [], "usage": usage(job.prompts, outs, job.n).model_dump()}  # fmt: skip
             yield f"data: {json.dumps(final)}\n\n"
     except OpenAIError as exc:
         job.metrics.observe_error(exc.status)

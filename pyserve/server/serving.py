@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from pyserve.engine.client import EngineClient, EngineDeadError, EngineError
-from pyserve.engine.engine import expand_n
+from pyserve.engine.engine import check_prompt_length, expand_n
 from pyserve.engine.outputs import RequestOutput
 from pyserve.sampling_params import SamplingParams
 from pyserve.server.errors import OpenAIError, bad_request
@@ -33,31 +33,57 @@ class ProgramTags:
     """Program (session) tags of a call; all empty for a plain OpenAI call."""
 
     program_id: str | None = None
-    thread_id: str | None = None
-    parent_ids: tuple[str, ...] = ()
 
 
-def program_tags(body: SamplingFields, request: Request, client: EngineClient) -> ProgramTags:
-    """Tags from the body, else from ``X-Program-Id`` / ``X-Thread-Id``; 404 if unknown."""
-    pid = body.program_id or request.headers.get("x-program-id") or None
-    tid = body.thread_id or request.headers.get("x-thread-id") or None
-    for name, value in (("program_id", pid), ("thread_id", tid)):
-        if value is not None and len(value) > 256:
-            raise bad_request(f"{name} is longer than 256 characters", param=name)
-    if pid is not None and not client.has_program(pid):
-        raise OpenAIError(404, f"unknown program id {pid!r}: start it with POST /v1/programs",
-                          param="program_id", code="program_not_found")  # fmt: skip
-    return ProgramTags(pid, tid, tuple(body.parent_ids))
+def program_tags(body: SamplingFields, request: Request) -> ProgramTags:
+    """Tags from the body, else from the headers.
+
+    The program id is ``program_id``, its alias ``session_id`` (vLLM's and SGLang's name), or
+    the ``X-Program-Id`` / ``X-Session-ID`` header. 400 when the body names two different
+    programs, and for ``thread_id`` / ``parent_ids`` / ``X-Thread-Id``: no scheduling policy
+    reads them.
+    """
+    h = request.headers
+    if body.program_id and body.session_id and body.program_id != body.session_id:
+        raise bad_request("session_id is an alias of program_id; they name different programs",
+                          param="session_id")  # fmt: skip
+    for name, given in (("thread_id", body.thread_id or h.get("x-thread-id")),
+                        ("parent_ids", body.parent_ids)):  # fmt: skip
+        if given:
+            raise bad_request(f"{name} is not supported (no scheduling policy uses it)",
+                              param=name)  # fmt: skip
+    pid = (body.program_id or body.session_id or h.get("x-program-id")
+           or h.get("x-session-id") or None)  # fmt: skip
+    if pid is not None and len(pid) > 256:
+        raise bad_request("program_id is longer than 256 characters", param="program_id")
+    return ProgramTags(pid)
+
+
+async def ensure_program(client: EngineClient, program_id: str | None) -> bool:
+    """Starts an unseen program implicitly (TTL collection ends it); True if this call did."""
+    if program_id is None or client.has_program(program_id):
+        return False
+    try:
+        await client.start_program(program_id)
+    except ValueError:
+        return False  # started meanwhile by a concurrent call, or live in the core already
+    return True
 
 
 def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int | None,
-                    prompt_len: int, max_model_len: int) -> SamplingParams:  # fmt: skip
-    """SamplingParams for one prompt; 400 when the request cannot fit the context."""
+                    prompt_len: int, max_model_len: int, overrides: dict | None = None
+                    ) -> SamplingParams:  # fmt: skip
+    """SamplingParams for one prompt; 400 when the request cannot fit the context.
+
+    ``overrides`` replaces fields the endpoint decides (e.g. ``skip_special_tokens`` for a
+    tool-call format whose markers are special tokens).
+    """
+    try:
+        check_prompt_length(prompt_len, max_model_len)
+    except ValueError as exc:
+        code = "context_length_exceeded" if prompt_len else None
+        raise bad_request(str(exc), param="prompt", code=code) from None
     room = max_model_len - prompt_len
-    if room < 1:
-        raise bad_request(f"this model's maximum context length is {max_model_len} tokens, but "
-                          f"the prompt has {prompt_len} tokens",
-                          param="prompt", code="context_length_exceeded")  # fmt: skip
     if max_tokens is not None and max_tokens > room:
         raise bad_request(f"this model's maximum context length is {max_model_len} tokens; you "
                           f"requested {prompt_len + max_tokens} tokens ({prompt_len} in the "
@@ -73,19 +99,21 @@ def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int 
         "repetition_penalty": body.repetition_penalty,
         "stop_token_ids": body.stop_token_ids,
     }
+    fixed = {
+        "n": body.n,
+        "max_tokens": room if max_tokens is None else max_tokens,
+        "min_tokens": body.min_tokens,
+        "seed": body.seed,
+        "stop": body.stop,
+        "ignore_eos": body.ignore_eos,
+        "logprobs": logprobs,
+        "include_stop_str_in_output": body.include_stop_str_in_output,
+        "skip_special_tokens": body.skip_special_tokens,
+    }
+    fixed.update({k: v for k, v in fields.items() if v is not None})
+    fixed.update(overrides or {})
     try:
-        return SamplingParams(
-            n=body.n,
-            max_tokens=room if max_tokens is None else max_tokens,
-            min_tokens=body.min_tokens,
-            seed=body.seed,
-            stop=body.stop,
-            ignore_eos=body.ignore_eos,
-            logprobs=logprobs,
-            include_stop_str_in_output=body.include_stop_str_in_output,
-            skip_special_tokens=body.skip_special_tokens,
-            **{k: v for k, v in fields.items() if v is not None},
-        )
+        return SamplingParams(**fixed)
     except ValueError as exc:
         raise bad_request(str(exc)) from None
 
@@ -123,6 +151,7 @@ class Job:
         self.client = client
         self.metrics = metrics
         self.prompts = prompts
+        self.tags = tags
         self.n = params[0].n
         self._queue: asyncio.Queue = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
@@ -130,8 +159,7 @@ class Job:
         for p_idx, (ids, sp) in enumerate(zip(prompts, params)):
             base = self.id if len(prompts) == 1 else f"{self.id}-p{p_idx}"
             for rid, sub, i in expand_n(base, sp):
-                gen = client.generate(rid, ids, sub, priority=priority, program_id=tags.program_id,
-                                      thread_id=tags.thread_id, parent_ids=tags.parent_ids)  # fmt: skip
+                gen = client.generate(rid, ids, sub, priority=priority, program_id=tags.program_id)
                 self._tasks.append(asyncio.create_task(self._pump(p_idx * self.n + i, gen)))
         self._remaining = len(self._tasks)
 
@@ -180,11 +208,30 @@ class Job:
             last[index] = out
         return [last[i] for i in sorted(last)]
 
+    def mark_coming_back(self) -> None:
+        """Tells the core the program will call again (this call ended with a tool call)."""
+        if self.tags.program_id is None:
+            return
+        task = asyncio.ensure_future(self.client.mark_coming_back(self.tags.program_id))
+        # NOTE: fire and forget: held here until done (asyncio keeps only weak references);
+        # a dead engine's error is retrieved so it is not logged as unhandled.
+        _BACKGROUND.add(task)
+        task.add_done_callback(_forget)
+
     def close(self) -> None:
         """Cancels every generator still running (aborting its request). Safe to call twice."""
         for task in self._tasks:
             if not task.done():
                 task.cancel()
+
+
+_BACKGROUND: set[asyncio.Future] = set()
+
+
+def _forget(task: asyncio.Future) -> None:
+    _BACKGROUND.discard(task)
+    if not task.cancelled():
+        task.exception()
 
 
 def _as_openai_error(exc: BaseException) -> OpenAIError:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from pyserve import _core
+from pyserve.config import parse_policy_options
 from pyserve.sim.executor import SimSetup, policy_choices, replay_real, simulate
 from pyserve.sim.presets import preset_names
 from pyserve.sim.report import plot_sweep, run_table, summarize, sweep_tables
@@ -67,30 +68,6 @@ def _add_setup_args(p: argparse.ArgumentParser) -> None:
         help="noise of the simulated ranker: ltr_score = output * exp(sigma * z)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _parse_value(text: str) -> object:
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_policy_options(items: list[str]) -> dict:
-    """``["beta=8", "num_queues=5"]`` -> ``{"beta": 8, "num_queues": 5}``; ValueError if bad."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--policy-option must be KEY=VALUE, got {item!r}")
-        if not hasattr(_core.SchedulerConfig(), key):
-            raise ValueError(f"unknown policy option {key!r} (not a SchedulerConfig field)")
-        out[key] = _parse_value(value)
-    return out
 
 
 def setup_from_args(args: argparse.Namespace) -> SimSetup:

@@ -23,27 +23,17 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import numpy as np
 
 from pyserve import _core
-from pyserve.dist.router import Router, RouterOptions
+from pyserve.cluster.router import Router, RouterOptions
 from pyserve.sim.cost_model import CostModel
 from pyserve.sim.driver import RunResult, StepResult, TokenBook
 from pyserve.sim.executor import SimSetup, drive, prepare, run_meta
 from pyserve.sim.trace import Program
 
 _EMPTY = np.zeros(0, dtype=np.int32)
-
-
-class _Plan(NamedTuple):
-    """The part of a StepPlan the driver reads, with cluster-global seq ids."""
-
-    num_seqs: int
-    num_decodes: int
-    num_prefills: int
-    seq_ids: np.ndarray
 
 
 class _Engine:
@@ -103,7 +93,6 @@ class ClusterExecutor:
         self.cost, self.book = cost, book
         self._now = 0.0
         self._call_ids: list[str] = []  # global id -> request id
-        self._started = np.zeros(1024, dtype=bool)
         self.routed = np.zeros(num_engines, dtype=np.int64)
 
     @property
@@ -116,8 +105,6 @@ class ClusterExecutor:
         e = self.router.route(request_id, kwargs.get("program_id") or "", int(prompt.shape[0]))
         gid = len(self._call_ids)
         self._call_ids.append(request_id)
-        if gid >= self._started.shape[0]:
-            self._started = np.concatenate([self._started, np.zeros_like(self._started)])
         arrival = float(kwargs.get("arrival_time", self._now))
         self.engines[e].inbox.append((arrival, request_id, prompt, kwargs, gid))
         self.routed[e] += 1
@@ -138,7 +125,7 @@ class ClusterExecutor:
             raise RuntimeError("step() called with no work on any engine")
         if s > self._now:  # NOTE: the driver has released calls up to _now only
             self._now = s
-            return StepResult(_Plan(0, 0, 0, _EMPTY), _EMPTY, _EMPTY, 0.0, [], _EMPTY)
+            return StepResult(0, 0, _EMPTY, _EMPTY, _EMPTY, 0.0, [], _EMPTY)
         eng = self.engines[e]
         eng.clock = s
         eng.core.advance_clock(s)
@@ -150,25 +137,18 @@ class ClusterExecutor:
         sample = gids[plan.sample_seq_idx]
         pos = self.book.positions(sample)
         sampled = self.book.tokens[pos]
-        finished = eng.core.update(sampled, seconds)
+        num_seqs, num_decodes = plan.num_seqs, plan.num_decodes
+        rep = eng.core.update(sampled, seconds)
         eng.clock = s + seconds
-        self._note_started(gids[plan.num_decodes :])
-        done = [(int(l2g[seq]), reason) for seq, reason in finished]
+        first = l2g[np.asarray(rep.first_scheduled)]
+        for gid in first.tolist():  # NOTE: the core reports each call's first step once
+            self.router.started(self._call_ids[gid])
+        done = [(int(l2g[f.seq_id]), f.reason) for f in rep.finished]
         for gid, _ in done:
             self.router.finished(self._call_ids[gid])
-        st = eng.core.stats()
-        self.router.report(e, st["gpu_blocks_free"], st["gpu_blocks_total"])
+        self.router.report(e, rep.gpu_blocks_free, rep.gpu_blocks_total)
         self._now = eng.clock
-        num_decodes = plan.num_decodes
-        out_plan = _Plan(plan.num_seqs, num_decodes, plan.num_prefills, gids)
-        return StepResult(out_plan, sample, sampled, seconds, done, pos)
-
-    def _note_started(self, gids: np.ndarray) -> None:
-        new = gids[~self._started[gids]]
-        if new.shape[0]:
-            self._started[new] = True
-            for gid in new.tolist():
-                self.router.started(self._call_ids[gid])
+        return StepResult(num_seqs, num_decodes, first, sample, sampled, seconds, done, pos)
 
     def _step_seconds(self, plan) -> float:
         qo = plan.qo_indptr

@@ -33,7 +33,9 @@ from pyserve.sim.trace import Program, ProgramTokens, stable_seed
 class StepResult(NamedTuple):
     """What an executor reports after one step."""
 
-    plan: object  # the StepPlan (numpy views valid until the next step)
+    num_seqs: int  # sequences the step ran
+    num_decodes: int  # of which decodes
+    first_scheduled: np.ndarray  # seq ids that ran for the first time in this step
     sample_seqs: np.ndarray  # int32 [num_samples]: seq id of each sampled row
     sampled: np.ndarray  # int32 [num_samples]: the token each produced
     seconds: float  # the step's duration (the clock has already advanced by it)
@@ -273,14 +275,13 @@ class Driver:
                     continue
                 r = ex.step()
                 self.num_steps += 1
-                idle_steps = idle_steps + 1 if r.plan.num_seqs == 0 else 0
+                idle_steps = idle_steps + 1 if r.num_seqs == 0 else 0
                 if idle_steps > 1000:
                     raise RuntimeError("the scheduler ran 1000 empty steps with work pending")
                 if r.sample_seqs.shape[0]:
                     book.record(r.sample_seqs, r.sampled, ex.now, r.positions)
-                if r.plan.num_prefills:
-                    # NOTE: only prefill rows can run for the first time (decodes already ran)
-                    book.mark_scheduled(r.plan.seq_ids[r.plan.num_decodes :], ex.now - r.seconds)
+                if r.first_scheduled.shape[0]:
+                    book.mark_scheduled(r.first_scheduled, ex.now - r.seconds)
                 if r.finished:
                     for seq, reason in r.finished:
                         self._finish(seq, reason, ex.now)
@@ -314,7 +315,6 @@ class Driver:
             ignore_eos=True,
             arrival_time=t,
             program_id=self.c.programs[pi].program_id,
-            parent_ids=[self.c.ids[q] for q in self.c.parents[g]],
             ltr_score=out * self._ltr_noise(g),
             remaining_hint=float(out),
             program_remaining_hint=float(self.prog_out_left[pi]),

@@ -48,13 +48,13 @@ class SimSetup:
     """Everything but the trace and the policy that a simulated run depends on."""
 
     preset: str = "llama3-8b-h100"
-    block_size: int = 16
-    max_num_batched_tokens: int = 2048
-    max_num_seqs: int = 256
-    preemption_mode: str = "swap"
+    block_size: int = CacheConfig.block_size
+    max_num_batched_tokens: int = SchedulerConfig.max_num_batched_tokens
+    max_num_seqs: int = SchedulerConfig.max_num_seqs
+    preemption_mode: str = SchedulerConfig.preemption_mode
     # Host pool: swap space and the host tier of the prefix cache (vllm-opt runs without one).
     swap_space_gib: float = 16.0
-    kv_retention: str = "lru"
+    kv_retention: str = SchedulerConfig.kv_retention
     # Multiplies the preset's GPU KV capacity (8.0: the "8x HBM" bound of benchmarks).
     kv_capacity_scale: float = 1.0
     enable_prefix_caching: bool = True
@@ -189,9 +189,10 @@ class SimExecutor:
         sample_seqs = plan.seq_ids[plan.sample_seq_idx]
         pos = self.book.positions(sample_seqs)
         sampled = self.book.tokens[pos]
-        finished = s.update(sampled, seconds)
+        num_seqs, num_decodes = plan.num_seqs, plan.num_decodes
+        rep = s.update(sampled, seconds)
         self.clock += seconds
-        return StepResult(plan, sample_seqs, sampled, seconds, finished, pos)
+        return _result(rep, num_seqs, num_decodes, sample_seqs, sampled, seconds, pos)
 
     def step_seconds(self, plan) -> float:
         """Cost-model seconds of a planned step: the forward plus its batched swaps."""
@@ -212,13 +213,21 @@ class SimExecutor:
         sample_seqs = plan.seq_ids[plan.sample_seq_idx]
         pos = self.book.positions(sample_seqs)
         sampled = self.book.tokens[pos]
-        finished = s.update(sampled, seconds)
+        num_seqs, num_decodes = plan.num_seqs, plan.num_decodes
+        rep = s.update(sampled, seconds)
         t3 = time.perf_counter()
         t["schedule"] += t1 - t0
         t["cost_model"] += t2 - t1
         t["update"] += t3 - t2
         self.clock += seconds
-        return StepResult(plan, sample_seqs, sampled, seconds, finished, pos)
+        return _result(rep, num_seqs, num_decodes, sample_seqs, sampled, seconds, pos)
+
+
+def _result(rep, num_seqs, num_decodes, sample_seqs, sampled, seconds, pos) -> StepResult:
+    """The driver's StepResult from the core's StepReport."""
+    finished = [(f.seq_id, f.reason) for f in rep.finished]
+    first = np.array(rep.first_scheduled)
+    return StepResult(num_seqs, num_decodes, first, sample_seqs, sampled, seconds, finished, pos)
 
 
 class RealExecutor(Executor, Protocol):
@@ -234,64 +243,55 @@ class RealExecutor(Executor, Protocol):
     vocab_size: int
 
 
-class _RecordingCore:
-    """Wraps the engine's ``_core.Scheduler``: remembers the last plan, sampled tokens, step
-    seconds and finished list, and adds the oracle hints the engine's ``add_request`` lacks."""
-
-    def __init__(self, core: _core.Scheduler) -> None:
-        self._core = core
-        self.hints: dict[str, dict] = {}
-        self.plan, self.sampled, self.seconds, self.finished = None, None, 0.0, []
-
-    def add_request(self, request_id: str, prompt: np.ndarray, **kwargs):
-        return self._core.add_request(request_id, prompt, **kwargs, **self.hints.pop(request_id))
-
-    def schedule(self):
-        self.plan = self._core.schedule()
-        return self.plan
-
-    def update(self, sampled: np.ndarray, step_seconds: float = 0.0) -> list:
-        self.sampled, self.seconds = np.asarray(sampled, dtype=np.int32), step_seconds
-        self.finished = self._core.update(sampled, step_seconds)
-        return self.finished
-
-    def __getattr__(self, name: str):
-        return getattr(self._core, name)
-
-
 class EngineExecutor:
-    """:class:`RealExecutor` over :class:`pyserve.engine.Engine` on the wall clock. Calls run
-    greedily with ``ignore_eos``; ``step()`` is the engine's own step, observed through
-    :class:`_RecordingCore`."""
+    """:class:`RealExecutor` over :class:`pyserve.engine.Engine` on the wall clock, through its
+    messages and StepReports. Calls run greedily with ``ignore_eos``.
+
+    NOTE (ids): the driver's TokenBook is indexed by seq id; this executor hands out its own ids
+    (never reused) and maps each report's request ids to them.
+    """
 
     def __init__(self, config: EngineConfig) -> None:
         from pyserve.engine import Engine
 
         self.engine = Engine(config)
-        self.core = self.engine.core = _RecordingCore(self.engine.core)
-        self.vocab_size = int(self.engine.model.config.vocab_size)
+        self.vocab_size = int(self.engine.vocab_size)
+        self._gid: dict[str, int] = {}
+        self._next = 0
 
     @property
     def now(self) -> float:
         return self.engine.now()
 
     def add_request(self, request_id: str, prompt: np.ndarray, **kw) -> int:
+        from pyserve.engine.messages import AddCall, CallSpec
         from pyserve.sampling_params import SamplingParams
 
-        hints = ("remaining_hint", "program_remaining_hint")
-        self.core.hints[request_id] = {k: kw.pop(k) for k in hints if k in kw}
         params = SamplingParams(
             max_tokens=kw.pop("max_tokens"), temperature=0.0, ignore_eos=kw.pop("ignore_eos", True)
         )
         kw.pop("arrival_time", None)  # NOTE: the engine stamps arrivals with its own clock
-        self.engine.add_request(request_id, prompt.tolist(), params, **kw)
-        return int(self.core.find(request_id))
+        spec = CallSpec(request_id, prompt.tolist(), params, kw.pop("priority", 0.0),
+                        kw.pop("program_id", None) or None, kw.pop("ltr_score", None),
+                        remaining_hint=kw.pop("remaining_hint", -1.0),
+                        program_remaining_hint=kw.pop("program_remaining_hint", -1.0))  # fmt: skip
+        if kw:
+            raise ValueError(f"unknown call options {sorted(kw)}")
+        self.engine.handle(AddCall(spec))
+        gid = self._gid[request_id] = self._next
+        self._next += 1
+        return gid
 
     def step(self) -> StepResult:
-        self.engine.step()
-        c = self.core
-        seqs = c.plan.seq_ids[c.plan.sample_seq_idx]
-        return StepResult(c.plan, seqs, c.sampled, c.seconds, list(c.finished))
+        rep = self.engine.step()
+        gid = self._gid
+        seqs = np.fromiter((gid[r] for r in rep.request_ids), np.int64, rep.num_new_tokens)
+        first = np.fromiter((gid[r] for r in rep.first_scheduled), np.int64,
+                            rep.first_scheduled.shape[0])  # fmt: skip
+        finished = [(gid.pop(f.request_id), f.reason) for f in rep.finished]
+        seconds = rep.end_time - rep.start_time
+        return StepResult(rep.num_seqs, rep.num_seqs - rep.num_prefills, first, seqs,
+                          rep.token_ids, seconds, finished)  # fmt: skip
 
     def has_unfinished(self) -> bool:
         return self.engine.has_unfinished()
@@ -302,21 +302,19 @@ class EngineExecutor:
     def stats(self) -> dict:
         return self.engine.stats()
 
+    def check_invariants(self) -> None:
+        self.engine.check_invariants()
+
 
 def make_real_executor(config: EngineConfig) -> RealExecutor:
-    """The engine's bench executor: ``pyserve.engine.make_bench_executor(config)`` when the
-    engine provides one, else :class:`EngineExecutor`. ValueError when there is no engine."""
+    """The engine's bench executor (:class:`EngineExecutor`). ValueError when the engine cannot
+    be imported."""
     try:
-        import pyserve.engine as engine
+        import pyserve.engine  # noqa: F401
     except ImportError as e:
         raise ValueError(
             f"--executor real needs pyserve.engine, which failed to import: {e}"
         ) from None
-    factory = getattr(engine, "make_bench_executor", None)
-    if factory is not None:
-        return factory(config)
-    if not hasattr(engine, "Engine"):
-        raise ValueError("--executor real needs pyserve.engine.Engine; use --executor sim")
     return EngineExecutor(config)
 
 

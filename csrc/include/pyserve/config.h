@@ -21,7 +21,7 @@ struct SchedulerConfig {
   uint64_t prefix_hash_mask = ~uint64_t{0};
 
   // Batch limits (Sarathi-Serve token budget).
-  int max_num_batched_tokens = 8192;
+  int max_num_batched_tokens = 2048;
   int max_num_seqs = 256;
   int max_model_len = 4096;
 

@@ -20,10 +20,8 @@ struct RequestSpec {
   double priority = 0.0;  // user priority, lower runs earlier
   double arrival_time = 0.0;
   std::string cache_salt;  // isolates prefix-cache entries (e.g. per tenant)
-  // Program-aware fields (Autellix). Empty program_id: the call is its own program.
+  // Program-aware fields (Autellix). Empty program_id: an untagged call, its own program.
   std::string program_id;
-  std::string thread_id;
-  std::vector<std::string> parent_ids;
   double ltr_score = 0.0;                // learned-ranking score, lower = predicted shorter
   double remaining_hint = -1.0;          // oracle/hint of remaining work (sjf), < 0 if unknown
   double program_remaining_hint = -1.0;  // program-level remaining work (srpt), < 0 if unknown
@@ -67,12 +65,15 @@ struct Request {
   int64_t last_scheduled_step = -1;
   int64_t protected_until_step = -1;  // no proactive preemption before this step (no thrash)
   int num_cached_tokens = 0;          // prefix-cache hit tokens at (last) admission
+  bool ever_scheduled = false;        // reported once in StepReport::first_scheduled
   Key key;                            // key under which it sits in the waiting set
 
   // Program bookkeeping. NOTE: `program` stays valid while the call is active (the table never
-  // drops an entry with active calls).
-  std::string program_key;  // spec.program_id, or a private key for an untagged call
+  // drops an entry with active calls); an untagged call points at its own `solo` entry, which
+  // is never in the table.
   ProgramEntry* program = nullptr;
+  ProgramEntry solo;
+  bool tagged() const { return !spec.program_id.empty(); }
   double wait_since = 0.0;   // when it last entered the waiting/swapped queue
   double total_wait = 0.0;   // all time spent queued (folded into the program at the end)
   int64_t enqueue_step = 0;  // step at which it last entered a queue

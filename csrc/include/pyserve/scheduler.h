@@ -30,6 +30,7 @@ struct SchedulerStats {
   int64_t host_hit_tokens = 0, blocks_offloaded = 0, blocks_loaded = 0, blocks_prefetched = 0;
   int cpu_blocks_cached = 0, gpu_blocks_pinned = 0;
   int64_t num_steps = 0;
+  int64_t num_finished_stop = 0, num_finished_length = 0, num_finished_abort = 0;
 };
 
 class Scheduler {
@@ -43,18 +44,24 @@ class Scheduler {
   /// duplicate id, empty prompt or a prompt longer than max_model_len (state unchanged).
   SeqId add_request(RequestSpec spec);
   /// Aborts a request in any state and frees its blocks. Throws for an unknown id.
-  void abort(const std::string& request_id);
+  FinishedCall abort(const std::string& request_id) {
+    return finish(request_id, FinishReason::kAbort);
+  }
+  /// Ends a request in any state with `reason` (kStop when the client matched a stop string);
+  /// frees its blocks. Throws std::invalid_argument for an unknown id or reason kNone.
+  FinishedCall finish(const std::string& request_id, FinishReason reason);
 
   /// Builds the next step. The returned plan is valid until the next call.
   const StepPlan& schedule();
-  /// Consumes the step's sampled tokens (one per sample row, in plan order) and its duration.
-  std::vector<Finished> update(const int32_t* sampled, int num_sampled, double step_seconds);
+  /// Consumes the step's sampled tokens (one per sample row, in plan order) and its duration;
+  /// returns the step's report (valid until the next update()).
+  const StepReport& update(const int32_t* sampled, int num_sampled, double step_seconds);
 
   /// Programs (sessions): explicit start / end; calls may also start them implicitly.
   void start_program(const std::string& id) { programs_->start(id, now_); }
   void end_program(const std::string& id);
   /// The program's current call ends in a tool call: it will be back (retention policies).
-  void mark_coming_back(const std::string& id) { programs_->mark_coming_back(id); }
+  bool mark_coming_back(const std::string& id) { return programs_->mark_coming_back(id); }
   const ProgramTable& programs() const { return *programs_; }
   std::shared_ptr<ProgramTable> program_table() const { return programs_; }
   /// Moves the clock forward to t (wall-clock executors); never backwards.
@@ -81,20 +88,24 @@ class Scheduler {
   using Queue = std::set<std::pair<Key, SeqId>>;
   Request& req(SeqId id) { return *slots_[id]; }
   Key make_key(const Request& r) const;
+  // scheduler.cc (with the public lifecycle above)
   void enqueue(Queue& q, Request& r);
   void dequeue(Queue& q, Request& r);
+  void refresh_queued();
+  void leave_queue(Request& r);
 
   // schedule_running.cc
   void schedule_running();
   bool grow(Request& r, int* num_tokens, bool allow_partial);
+  void compact_running();
   // schedule_admit.cc
-  void proactive_preemption();
   void schedule_admissions();
   bool admit_waiting(Request& r);
   bool admit_swapped(Request& r);
   void start_running(Queue& from, Request& r, int num_tokens);
   void prefix_lookup(Request& r);
   // preempt.cc
+  void proactive_preemption();
   void preempt(Request& r);
   SeqId pick_victim(bool respect_protection);
   void free_gpu_blocks(Request& r);
@@ -104,10 +115,9 @@ class Scheduler {
                          uint64_t* uid);
   const std::vector<uint64_t>& chain_hashes(Request& r);
   void prefetch_waiting();
-  RetentionView view_of(const std::string& program_key, int context_tokens) const;
+  RetentionView view_of(const std::string& program_id, int context_tokens) const;
   void pin_finished(Request& r);
   void release_pin(const std::string& key);
-  void release_pins_of(const std::string& program_key);
   void expire_pins();
   bool ensure_free(int n);
   // step_plan.cc
@@ -117,10 +127,9 @@ class Scheduler {
   void register_full_blocks(Request& r);
   bool check_stop(Request& r, TokenId token);
   void finish(Request& r, FinishReason reason);
-  void refresh_queued();
-  void leave_queue(Request& r);
+  FinishedCall finished_call(const Request& r) const;
+  void fill_report(double step_seconds);
   void release_deferred();
-  void compact_running();
 
   SchedulerConfig cfg_;
   std::vector<TokenId> eos_;
@@ -138,19 +147,19 @@ class Scheduler {
 
   // Per-step scratch.
   StepPlan plan_;
+  StepReport report_;
   std::vector<std::pair<SeqId, int>> decodes_, prefills_;
   std::vector<BlockId> deferred_decref_;  // copy sources kept alive until the step ran
   std::vector<BlockId> cpu_deferred_;     // host blocks read by this step's swap-ins, likewise
-  // Pinned KV of finished calls (retention), per program + thread. NOTE: each pin holds one
-  // reference on each of its blocks.
+  // Pinned KV of finished calls (retention), per program id. NOTE: each pin holds one reference
+  // on each of its blocks.
   struct Pin {
-    std::string program_key;
     std::vector<BlockId> blocks;
     double expiry = 0.0;
     double value = 0.0;
   };
   std::unordered_map<std::string, Pin> pins_;
-  // hash_string(program key) -> key; "" once end_program ended it (its blocks may be dropped).
+  // hash_string(program id) -> id; "" once end_program ended it (its blocks may be dropped).
   std::unordered_map<uint64_t, std::string> owner_keys_;
   int budget_ = 0;
   bool preempted_this_step_ = false;

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from pyserve.cluster.router import LOAD_SIGNALS, ROUTING_POLICIES, RouterOptions
 from pyserve.config import EngineConfig
-from pyserve.dist.router import LOAD_SIGNALS, ROUTING_POLICIES, RouterOptions
 
 
 def register_serve_args(parser: argparse.ArgumentParser) -> None:
@@ -39,9 +39,9 @@ def wants_cluster(args: argparse.Namespace) -> bool:
 
 
 def build_cluster(args: argparse.Namespace, config: EngineConfig, model_name: str | None = None):
-    """A :class:`~pyserve.dist.cluster.RayCluster` from the parsed arguments. ValueError for bad
+    """A :class:`~pyserve.cluster.cluster.RayCluster` from the parsed arguments. ValueError for bad
     values or when ray is missing."""
-    from pyserve.dist.cluster import RayCluster
+    from pyserve.cluster.cluster import RayCluster
 
     if args.replicas < 1:
         raise ValueError(f"--replicas must be >= 1, got {args.replicas}")

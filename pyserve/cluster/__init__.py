@@ -4,6 +4,12 @@
 ``dist`` extra) and import it lazily.
 """
 
-from pyserve.dist.router import LOAD_SIGNALS, ROUTING_POLICIES, ProgramValues, Router, RouterOptions
+from pyserve.cluster.router import (
+    LOAD_SIGNALS,
+    ROUTING_POLICIES,
+    ProgramValues,
+    Router,
+    RouterOptions,
+)
 
 __all__ = ["LOAD_SIGNALS", "ROUTING_POLICIES", "ProgramValues", "Router", "RouterOptions"]

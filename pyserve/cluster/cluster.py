@@ -21,16 +21,17 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
+from pyserve.cluster.replica import replica_actor_class
+from pyserve.cluster.router import Router, RouterOptions
 from pyserve.config import EngineConfig
-from pyserve.dist.replica import replica_actor_class
-from pyserve.dist.router import Router, RouterOptions
 from pyserve.engine.client import EngineDeadError, EngineError
+from pyserve.engine.engine import check_prompt_length
 from pyserve.engine.outputs import RequestOutput
 from pyserve.sampling_params import SamplingParams
 
-log = logging.getLogger("pyserve.dist")
+log = logging.getLogger("pyserve.cluster")
 
 
 def _import_ray():
@@ -96,14 +97,11 @@ class RayCluster:
         *,
         priority: float = 0.0,
         program_id: str | None = None,
-        thread_id: str | None = None,
-        parent_ids: Sequence[str] = (),
         ltr_score: float | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Routes the call, streams its outputs from the replica (see the module for failures)."""
         num_tokens = self._validate(request_id, prompt, params)
-        kwargs = dict(priority=priority, program_id=program_id, thread_id=thread_id,
-                      parent_ids=list(parent_ids), ltr_score=ltr_score)  # fmt: skip
+        kwargs = dict(priority=priority, program_id=program_id, ltr_score=ltr_score)
         for attempt in range(2):
             engine = self._route(request_id, program_id, num_tokens)
             streamed = False
@@ -146,6 +144,14 @@ class RayCluster:
         self.router.end_program(program_id)
         refs = [self._actors[e].end_program.remote(program_id) for e in self.router.live_engines()]
         await asyncio.gather(*refs, return_exceptions=True)
+
+    async def mark_coming_back(self, program_id: str) -> bool:
+        """Marks the program in the global table and on every live replica that holds it."""
+        found = self.router.programs.mark_coming_back(program_id)
+        live = self.router.live_engines()
+        refs = [self._actors[e].mark_coming_back.remote(program_id) for e in live]
+        marked = await asyncio.gather(*refs, return_exceptions=True)
+        return found or any(m is True for m in marked)
 
     def has_program(self, program_id: str) -> bool:
         return program_id in self.router.programs
@@ -212,11 +218,7 @@ class RayCluster:
         if params.n != 1:
             raise ValueError("generate takes n == 1; use expand_n() for n > 1")
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        if not ids:
-            raise ValueError("prompt is empty")
-        if len(ids) >= self.max_model_len:
-            raise ValueError(f"prompt of {len(ids)} tokens leaves no room to generate within "
-                             f"max_model_len={self.max_model_len}")  # fmt: skip
+        check_prompt_length(len(ids), self.max_model_len)
         return len(ids)
 
     def _route(self, request_id: str, program_id: str | None, num_tokens: int) -> int:

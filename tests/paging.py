@@ -1,7 +1,8 @@
 """A small Python page table that builds StepPlan-like objects without the C++ core.
 
-Used by tests and tools to drive a model through paged attention with a hand-made block layout
-(blocks handed out in a shuffled order, so pages of one sequence are not contiguous).
+Test helper (not shipped in the package): drives a model through paged attention with a
+hand-made block layout (blocks handed out in a shuffled order, so pages of one sequence are not
+contiguous).
 """
 
 from __future__ import annotations
