@@ -237,6 +237,7 @@ class Driver:
             raise ValueError(f"ltr_sigma must be finite and >= 0, got {ltr_sigma}")
         self.ex, self.book = executor, book
         self._end_program = getattr(executor, "end_program", None)
+        self._mark_coming_back = getattr(executor, "mark_coming_back", None)
         self.c = _Calls(programs)
         self.vocab_size, self.ltr_sigma = vocab_size, ltr_sigma
         self.emit_trace_tokens = emit_trace_tokens
@@ -321,6 +322,10 @@ class Driver:
             remaining_hint=float(out),
             program_remaining_hint=float(self.prog_out_left[pi]),
         )
+        if self.c.children[g] and self._mark_coming_back is not None:
+            # NOTE: the program continues after this call (the trace's tool call): retention
+            # policies may keep its KV for the next call.
+            self._mark_coming_back(self.c.programs[pi].program_id)
         ids = toks.output_ids(c.call_id) if self.emit_trace_tokens else None
         self.offset[g] = self.book.open(seq, out, ids)
         if seq >= self.seq_gid.shape[0]:
