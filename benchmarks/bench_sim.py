@@ -11,7 +11,7 @@ Prints JSON lines:
 
 Targets (issue 5): speedup >= 200x; schedule + cost model + update < 100 us per step at 256.
 
-    python benchmarks/bench_sim.py [--programs 400] [--rate 8] [--steps 2000] [--policies ...]
+    python benchmarks/bench_sim.py [--programs 400] [--rate 12] [--steps 2000] [--policies ...]
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def step_cost(policy: str, steps: int, running: int = 256, prompt: int = 1024) -
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--programs", type=int, default=400)
-    p.add_argument("--rate", type=float, default=8.0, help="programs/s (above capacity)")
+    p.add_argument("--rate", type=float, default=12.0, help="programs/s (above capacity)")
     p.add_argument("--saturation-policy", default="fcfs")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--policies", default=",".join(_core.policy_names()))

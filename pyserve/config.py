@@ -31,7 +31,9 @@ class CacheConfig:
     num_gpu_blocks: int | None = None  # None: derived from the memory budget
     gpu_memory_utilization: float = 0.85  # CUDA: fraction of free memory for weights + KV
     kv_cache_bytes: int = 256 << 20  # CPU: byte budget of the KV cache
-    swap_space_bytes: int = 64 << 20  # CPU pool for swapped requests (pinned on CUDA)
+    # Host pool (pinned on CUDA): swap space for preempted calls and the host tier of the prefix
+    # cache (`--cpu-cache-gib`).
+    swap_space_bytes: int = 64 << 20
     enable_prefix_caching: bool = True
 
 
@@ -47,6 +49,7 @@ class SchedulerConfig:
     max_num_seqs: int = _CORE_DEFAULTS.max_num_seqs
     policy: str = _CORE_DEFAULTS.policy
     preemption_mode: str = _CORE_DEFAULTS.preemption_mode  # recompute | swap
+    kv_retention: str = _CORE_DEFAULTS.kv_retention  # lru | ttl | program (docs/sessions.md)
     max_preemptions_per_step: int = _CORE_DEFAULTS.max_preemptions_per_step
     min_steps_between_preemptions: int = _CORE_DEFAULTS.min_steps_between_preemptions
     policy_options: dict[str, Any] = field(default_factory=dict)
@@ -136,6 +139,7 @@ def core_config(
     c.max_preemptions_per_step = sched.max_preemptions_per_step
     c.min_steps_between_preemptions = sched.min_steps_between_preemptions
     c.policy = sched.policy
+    c.kv_retention = sched.kv_retention
     for key, value in sched.policy_options.items():
         if not hasattr(c, key):
             raise ValueError(f"unknown policy option '{key}'")

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from typing import Annotated
 
 import pytest
 from conftest import tiny_async_engine
+from pydantic import Field
 from scripted_engine import ScriptedClient
 
 agents = pytest.importorskip("agents")
@@ -31,8 +33,9 @@ HAS_STRUCTURED = "structured_outputs" in {f.name for f in dataclasses.fields(Sam
 def make_agent(url: str, calls: list[str], tool_choice: str | None, responses: bool = False):
     agents.set_tracing_disabled(True)
 
+    # NOTE: the length bound lets a random-weight model under a grammar close the string.
     @agents.function_tool
-    def get_weather(city: str) -> str:
+    def get_weather(city: Annotated[str, Field(max_length=12)]) -> str:
         """The weather of a city."""
         calls.append(city)
         return f"sunny in {city}"

@@ -181,9 +181,9 @@ def test_bench_run_real_executor(tmp_path, capsys):
 
 def test_sustained_rate_interpolates_and_censors():
     rates = [1.0, 2.0, 4.0]
-    assert sustained_rate(rates, [1.0, 2.0, 6.0], 4.0) == (3.0, False)
-    assert sustained_rate(rates, [1.0, 2.0, 3.0], 4.0) == (4.0, True)
-    assert sustained_rate(rates, [5.0, 6.0, 7.0], 4.0) == (0.0, False)
+    assert sustained_rate(rates, [1.0, 2.0, 6.0], 4.0) == (3.0, "")
+    assert sustained_rate(rates, [1.0, 2.0, 3.0], 4.0) == (4.0, ">=")
+    assert sustained_rate(rates, [5.0, 6.0, 7.0], 4.0) == (1.0, "<")
 
 
 def test_bench_compare_writes_table_and_plot(tmp_path, capsys):
@@ -215,7 +215,7 @@ def test_bench_compare_writes_table_and_plot(tmp_path, capsys):
 
 def test_sweep_table_gains_from_a_synthetic_sweep():
     def s(v):
-        return {"latency_per_token_s": {"mean": v, "p95": 2 * v}}
+        return {"latency_per_token_s": {"mean": v, "p95": 2 * v, "p99": 3 * v}, "starvation_s": v}
 
     sweep = {
         "vllm": {1.0: s(1.0), 2.0: s(3.0), 4.0: s(9.0)},
@@ -225,6 +225,24 @@ def test_sweep_table_gains_from_a_synthetic_sweep():
     # mean line = 2 (2x the best value at rate 1): vllm crosses it at 1.5/s, fcfs at 3/s
     assert "| fcfs | 3 | 2.00x | 1.00x | 3 | 2.00x | 1.00x |" in table
     assert "| vllm | 1.5 | 1.00x | 0.50x |" in table
+    assert "| fcfs | p99 | 3e+03 | 4.5e+03 | 7.5e+03 |" in table
+    assert "| fcfs | starvation (s) | 1 | 1.5 | 2.5 |" in table
+
+
+def test_gain_over_a_baseline_already_over_the_line_is_a_bound_not_inf():
+    def s(v):
+        return {"latency_per_token_s": {"mean": v, "p95": v, "p99": v}, "starvation_s": 0.0}
+
+    sweep = {
+        "vllm": {1.0: s(9.0), 2.0: s(20.0), 4.0: s(40.0)},  # over the 2x line from the start
+        "fcfs": {1.0: s(1.0), 2.0: s(1.5), 4.0: s(2.5)},
+        "plas": {1.0: s(1.0), 2.0: s(1.0), 4.0: s(1.0)},  # never over: censored
+    }
+    table = sweep_tables(sweep, 2.0).split("Throughput at equal latency")[1]
+    assert "inf" not in table and "| 0 |" not in table
+    assert "| vllm | <1 | 1.00x | <0.33x |" in table  # sustains < 1/s: at most 1/3 of fcfs
+    assert "| fcfs | 3 | >3.00x | 1.00x |" in table  # more than 3x what vllm sustains
+    assert "| plas | >=4 | >4.00x | >=1.33x |" in table
 
 
 @pytest.mark.parametrize("policy", [p for p in ("fcfs", "priority") if p in _core.policy_names()])

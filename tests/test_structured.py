@@ -13,6 +13,7 @@ pytest.importorskip("xgrammar")
 jsonschema = pytest.importorskip("jsonschema")
 
 from pyserve import LLM, SamplingParams, StructuredOutputsParams  # noqa: E402
+from pyserve.engine.messages import Abort, AddCall, CallSpec  # noqa: E402
 from pyserve.model.sampler import Sampler, SamplingBatch  # noqa: E402
 from pyserve.structured import StructuredOutputError, tool_call_grammar  # noqa: E402
 
@@ -116,11 +117,12 @@ def test_compiled_grammar_cache_is_keyed_by_canonical_schema(llm):
 
 def test_abort_drops_the_matcher(llm):
     eng = llm.engine
-    eng.add_request("ab-1", "Hi", SamplingParams(max_tokens=50, structured_outputs=(
-        StructuredOutputsParams(json_object=True))))  # fmt: skip
+    params = SamplingParams(max_tokens=50,
+                            structured_outputs=StructuredOutputsParams(json_object=True))
+    eng.handle(AddCall(CallSpec("ab-1", "Hi", params)))
     eng.step()
     assert len(eng.structured) == 1
-    eng.abort("ab-1")
+    eng.handle(Abort("ab-1"))
     assert len(eng.structured) == 0 and not eng.has_unfinished()
 
 
@@ -176,7 +178,8 @@ def test_sampler_applies_the_bitmask():
     params = [SamplingParams(seed=i, logprobs=1) for i in range(3)]
     batch = SamplingBatch.from_params(params, [[], [], []])
     for _ in range(20):
-        out = Sampler()(logits, batch, token_bitmask=mask)
+        batch.token_bitmask = mask
+        out = Sampler()(logits, batch)
         assert out.token_ids[0] == 5 and out.token_ids[1] in (64, 65)
         assert out.logprobs[0] == 0.0
     assert torch.isfinite(out.logprobs).all()

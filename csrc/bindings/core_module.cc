@@ -62,10 +62,16 @@ void bind_config(py::module_& m) {
       .def_readwrite("quantum_growth", &SchedulerConfig::quantum_growth)
       .def_readwrite("starvation_beta", &SchedulerConfig::starvation_beta)
       .def_readwrite("plas_ltr_first_call", &SchedulerConfig::plas_ltr_first_call)
+      .def_readwrite("gittins_classes", &SchedulerConfig::gittins_classes)
       .def_readwrite("starve_steps", &SchedulerConfig::starve_steps)
       .def_readwrite("starve_quantum", &SchedulerConfig::starve_quantum)
       .def_readwrite("program_ttl_s", &SchedulerConfig::program_ttl_s)
       .def_readwrite("max_programs", &SchedulerConfig::max_programs)
+      .def_readwrite("kv_retention", &SchedulerConfig::kv_retention)
+      .def_readwrite("retention_ttl_max_s", &SchedulerConfig::retention_ttl_max_s)
+      .def_readwrite("retention_ttl_scale", &SchedulerConfig::retention_ttl_scale)
+      .def_readwrite("retention_reload_s_per_token", &SchedulerConfig::retention_reload_s_per_token)
+      .def_readwrite("retention_prefetch_blocks", &SchedulerConfig::retention_prefetch_blocks)
       .def("validate", &SchedulerConfig::validate);
 }
 
@@ -189,6 +195,12 @@ py::dict stats_dict(const Scheduler& s) {
   d["prefix_query_tokens"] = st.prefix_query_tokens;
   d["prefix_hit_tokens"] = st.prefix_hit_tokens;
   d["num_steps"] = st.num_steps;
+  d["host_hit_tokens"] = st.host_hit_tokens;
+  d["blocks_offloaded"] = st.blocks_offloaded;
+  d["blocks_loaded"] = st.blocks_loaded;
+  d["blocks_prefetched"] = st.blocks_prefetched;
+  d["cpu_blocks_cached"] = st.cpu_blocks_cached;
+  d["gpu_blocks_pinned"] = st.gpu_blocks_pinned;
   d["num_finished_stop"] = st.num_finished_stop;
   d["num_finished_length"] = st.num_finished_length;
   d["num_finished_abort"] = st.num_finished_abort;
@@ -232,6 +244,7 @@ py::object program_info(const ProgramTable& t, const std::string& id) {
   py::dict d;
   d["program_id"] = e->id;
   d["service"] = e->service;
+  d["coming_back"] = e->coming_back;
   d["critical"] = e->critical;
   d["wait"] = e->wait;
   d["active_calls"] = e->active_calls;
@@ -291,6 +304,8 @@ void bind_scheduler(py::module_& m) {
       .def("find", &Scheduler::find)
       .def("start_program", &Scheduler::start_program, py::arg("program_id"))
       .def("end_program", &Scheduler::end_program, py::arg("program_id"))
+      .def("mark_coming_back", &Scheduler::mark_coming_back, py::arg("program_id"))
+      .def("release_all_pins", &Scheduler::release_all_pins)
       .def("program_info",
            [](const Scheduler& s, const std::string& id) { return program_info(s.programs(), id); })
       .def_property_readonly("programs", &Scheduler::program_table)
@@ -348,6 +363,7 @@ void bind_allocator(py::module_& m) {
 void bind_router(py::module_& m);          // core_router.cc
 void bind_program_policy(py::module_& m);  // core_policy.cc
 void bind_attention(py::module_& m);       // core_attention.cc
+void bind_service(py::module_& m);         // core_service.cc
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyserve C++ scheduling core";
@@ -360,7 +376,9 @@ PYBIND11_MODULE(_core, m) {
   bind_router(m);
   bind_program_policy(m);
   bind_attention(m);
+  bind_service(m);
   m.def("policy_names", &policy_names);
+  m.def("retention_names", &retention_names);
   m.def("hash_string", &hash_string);
   m.def("hash_block", [](uint64_t parent, const std::vector<TokenId>& t, uint64_t salt) {
     return hash_block(parent, t.data(), int(t.size()), salt);

@@ -1,5 +1,6 @@
 #include "pyserve/block_allocator.h"
 
+#include <atomic>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -28,6 +29,11 @@ uint64_t hash_string(const std::string& s) {
   uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a, then mixed
   for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ULL;
   return mix(h, s.size());
+}
+
+uint64_t next_cache_uid() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
 }
 
 BlockAllocator::BlockAllocator(int num_blocks, int block_size, uint64_t hash_mask)
@@ -73,13 +79,14 @@ void BlockAllocator::evict(BlockId b) {
     if (it != cache_.end() && it->second == b) cache_.erase(it);
     m.hash_valid = false;
   }
-  ++m.gen;  // children registered under the old contents can never verify again
+  m.uid = 0;  // children registered under the old contents can never verify again
 }
 
 BlockId BlockAllocator::allocate() {
   if (head_ == kNoBlock) return kNoBlock;
   BlockId b = head_;
   unlink(b);
+  if (on_evict_ && meta_[b].hash_valid) on_evict_(b, entry(b));
   evict(b);
   meta_[b].ref = 1;
   return b;
@@ -104,46 +111,89 @@ void BlockAllocator::decref(BlockId b) {
   if (--m.ref == 0) push_back(b);
 }
 
-bool BlockAllocator::matches(BlockId b, BlockId parent, const TokenId* tokens,
+bool BlockAllocator::matches(BlockId b, uint64_t parent_uid, const TokenId* tokens,
                              uint64_t salt_hash) const {
   const Meta& m = meta_[b];
-  if (!m.hash_valid || m.parent != parent || m.salt != salt_hash) return false;
-  if (parent != kNoBlock && m.parent_gen != meta_[parent].gen) return false;
+  if (!m.hash_valid || m.parent_uid != parent_uid || m.salt != salt_hash) return false;
   return std::memcmp(tokens_of(b), tokens, sizeof(TokenId) * block_size_) == 0;
+}
+
+BlockId BlockAllocator::match(uint64_t h, uint64_t parent_uid, const TokenId* tokens,
+                              uint64_t salt_hash) const {
+  auto it = cache_.find(h);
+  if (it == cache_.end() || !matches(it->second, parent_uid, tokens, salt_hash)) return kNoBlock;
+  return it->second;
+}
+
+bool BlockAllocator::holds(uint64_t h, uint64_t uid) const {
+  if (uid == 0) return false;
+  auto it = cache_.find(h);
+  return it != cache_.end() && meta_[it->second].uid == uid;
+}
+
+CacheEntry BlockAllocator::entry(BlockId b) const {
+  check_id(b);
+  const Meta& m = meta_[b];
+  if (!m.hash_valid) return CacheEntry{};
+  return CacheEntry{m.hash, m.uid, m.parent_uid, m.salt, m.owner, tokens_of(b)};
+}
+
+void BlockAllocator::insert(BlockId b, const CacheEntry& e) {
+  Meta& m = meta_[b];
+  m.hash_valid = true;
+  m.hash = e.hash;
+  m.uid = e.uid;
+  m.parent_uid = e.parent_uid;
+  m.salt = e.salt;
+  m.owner = e.owner;
+  std::memcpy(&tokens_[size_t(b) * block_size_], e.tokens, sizeof(TokenId) * block_size_);
+  cache_.emplace(e.hash, b);
+}
+
+bool BlockAllocator::adopt(BlockId b, const CacheEntry& e) {
+  check_id(b);
+  if (meta_[b].hash_valid || e.uid == 0 || cache_.count(e.hash)) return false;
+  insert(b, e);
+  return true;
 }
 
 void BlockAllocator::lookup(const TokenId* tokens, int n, uint64_t salt_hash,
                             std::vector<BlockId>* hits, std::vector<uint64_t>* hashes) {
-  uint64_t parent_hash = 0;
-  BlockId parent = kNoBlock;
+  uint64_t parent_hash = 0, parent_uid = 0;
   for (int start = 0; start + block_size_ <= n; start += block_size_) {
     const TokenId* blk = tokens + start;
-    uint64_t h = hash_block(parent_hash, blk, block_size_, salt_hash) & hash_mask_;
-    auto it = cache_.find(h);
-    if (it == cache_.end() || !matches(it->second, parent, blk, salt_hash)) break;
-    incref(it->second);
-    hits->push_back(it->second);
+    uint64_t h = masked_hash(parent_hash, blk, salt_hash);
+    BlockId b = match(h, parent_uid, blk, salt_hash);
+    if (b == kNoBlock) break;
+    incref(b);
+    hits->push_back(b);
     hashes->push_back(h);
     parent_hash = h;
-    parent = it->second;
+    parent_uid = meta_[b].uid;
   }
 }
 
 BlockId BlockAllocator::register_block(BlockId b, BlockId parent, uint64_t parent_hash,
                                        const TokenId* tokens, uint64_t salt_hash, uint64_t* hash) {
-  uint64_t h = hash_block(parent_hash, tokens, block_size_, salt_hash) & hash_mask_;
+  uint64_t parent_uid = parent == kNoBlock ? 0 : uid(parent);
+  if (parent != kNoBlock && parent_uid == 0) {  // the parent is no longer cached: stay uncached
+    *hash = masked_hash(parent_hash, tokens, salt_hash);
+    return b;
+  }
+  return register_child(b, parent_uid, parent_hash, tokens, salt_hash, 0, hash);
+}
+
+BlockId BlockAllocator::register_child(BlockId b, uint64_t parent_uid, uint64_t parent_hash,
+                                       const TokenId* tokens, uint64_t salt_hash, uint64_t owner,
+                                       uint64_t* hash) {
+  check_id(b);
+  uint64_t h = masked_hash(parent_hash, tokens, salt_hash);
   *hash = h;
-  Meta& m = meta_[b];
-  if (m.hash_valid) return b;  // already cached (a prefix hit)
+  if (meta_[b].hash_valid) return b;  // already cached (a prefix hit)
   auto it = cache_.find(h);
-  if (it != cache_.end()) return matches(it->second, parent, tokens, salt_hash) ? it->second : b;
-  m.hash_valid = true;
-  m.hash = h;
-  m.parent = parent;
-  m.parent_gen = parent == kNoBlock ? 0 : meta_[parent].gen;
-  m.salt = salt_hash;
-  std::memcpy(&tokens_[size_t(b) * block_size_], tokens, sizeof(TokenId) * block_size_);
-  cache_.emplace(h, b);
+  if (it != cache_.end())
+    return matches(it->second, parent_uid, tokens, salt_hash) ? it->second : b;
+  insert(b, CacheEntry{h, next_cache_uid(), parent_uid, salt_hash, owner, tokens});
   return b;
 }
 
@@ -168,28 +218,13 @@ void BlockAllocator::check() const {
     if (m.ref < 0) throw std::logic_error("negative ref count");
     if ((m.ref == 0) != m.in_free_list) throw std::logic_error("ref/free-list disagreement");
   }
+  int n_valid = 0;
+  for (BlockId b = 0; b < num_blocks(); ++b) n_valid += meta_[b].hash_valid;
+  if (n_valid != int(cache_.size())) throw std::logic_error("cached blocks missing from the map");
   for (const auto& [h, b] : cache_) {
     if (!meta_[b].hash_valid || meta_[b].hash != h) throw std::logic_error("cache map stale");
+    if (meta_[b].uid == 0) throw std::logic_error("cached block without uid");
   }
-}
-
-CpuPool::CpuPool(int num_blocks) : total_(num_blocks), is_free_(num_blocks, true) {
-  free_.reserve(num_blocks);
-  for (BlockId b = num_blocks - 1; b >= 0; --b) free_.push_back(b);
-}
-
-BlockId CpuPool::allocate() {
-  if (free_.empty()) return kNoBlock;
-  BlockId b = free_.back();
-  free_.pop_back();
-  is_free_[b] = false;
-  return b;
-}
-
-void CpuPool::free(BlockId b) {
-  if (is_free_[b]) throw std::logic_error("double free of CPU block " + std::to_string(b));
-  is_free_[b] = true;
-  free_.push_back(b);
 }
 
 }  // namespace pyserve

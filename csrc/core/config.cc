@@ -4,6 +4,8 @@
 #include <string>
 
 #include "pyserve/policy.h"
+#include "pyserve/retention.h"
+#include "pyserve/service_distribution.h"
 #include "pyserve/types.h"
 
 namespace pyserve {
@@ -31,8 +33,18 @@ void SchedulerConfig::validate() const {
   require(quantum_base > 0.0, "quantum_base must be > 0");
   require(quantum_growth >= 1.0, "quantum_growth must be >= 1");
   require(starve_steps >= 1 && starve_quantum >= 1, "starve_steps and starve_quantum must be >= 1");
+  require(
+      gittins_classes >= 0 && gittins_classes <= ServiceDistribution::kMaxClasses,
+      "gittins_classes must be in [0, " + std::to_string(ServiceDistribution::kMaxClasses) + "]");
   require(program_ttl_s > 0.0, "program_ttl_s must be > 0");
   require(max_programs >= 0, "max_programs must be >= 0 (0: no cap)");
+  require(retention_ttl_max_s >= 0.0 && retention_ttl_scale >= 0.0 &&
+              retention_reload_s_per_token >= 0.0,
+          "retention_ttl_max_s, retention_ttl_scale, retention_reload_s_per_token must be >= 0");
+  require(retention_prefetch_blocks >= 0, "retention_prefetch_blocks must be >= 0");
+  bool known_retention = false;
+  for (const auto& n : retention_names()) known_retention |= n == kv_retention;
+  require(known_retention, "unknown kv_retention '" + kv_retention + "'");
   bool known = false;
   for (const auto& n : policy_names()) known |= n == policy;
   require(known, "unknown policy '" + policy + "'");

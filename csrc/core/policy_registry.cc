@@ -12,7 +12,7 @@ const std::vector<std::pair<std::string, Factory>>& registry() {
   static const std::vector<std::pair<std::string, Factory>> r = {
       {"fcfs", &make_fcfs}, {"priority", &make_priority}, {"sjf", &make_sjf},
       {"srpt", &make_srpt}, {"ltr", &make_ltr},           {"mlfq", &make_mlfq},
-      {"plas", &make_plas}, {"atlas", &make_atlas},
+      {"plas", &make_plas}, {"atlas", &make_atlas},       {"gittins", &make_gittins},
   };
   return r;
 }

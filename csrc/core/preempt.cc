@@ -18,10 +18,12 @@ SeqId Scheduler::pick_victim(bool respect_protection) {
 }
 
 void Scheduler::free_gpu_blocks(Request& r) {
-  for (BlockId b : r.blocks) gpu_.decref(b);
+  // NOTE: last block first, so the LRU free list evicts a sequence's tail before its prefix (an
+  // evicted prefix would orphan every cached block after it, on either tier).
+  for (auto it = r.blocks.rbegin(); it != r.blocks.rend(); ++it) gpu_.decref(*it);
   r.blocks.clear();
   r.block_hashes.clear();
-  r.chain_tail = kNoBlock;
+  r.chain_tail_uid = 0;
   r.num_computed = 0;
 }
 
@@ -64,7 +66,7 @@ void Scheduler::proactive_preemption() {
                    ? int(cand.cpu_blocks.size()) + 1
                    : (std::min(cand.remaining_to_compute(), budget_) + cfg_.block_size - 1) /
                          cfg_.block_size;
-    bool full = int(running_.size()) >= cfg_.max_num_seqs || gpu_.num_free() < want;
+    bool full = int(running_.size()) >= cfg_.max_num_seqs || !ensure_free(want);
     if (!full) return;
     SeqId v = pick_victim(true);
     if (v < 0 || !(policy_->preempt_class(cand) < policy_->preempt_class(req(v)))) return;

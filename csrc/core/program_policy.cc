@@ -120,7 +120,13 @@ void ProgramPolicy::finish(const std::string& request_id) {
   policy_->on_finish(r, now_);
   // As Scheduler::finish: aborts fold in too, by entry (an ended program's retired entry takes
   // its own calls' service).
-  if (r.tagged()) programs_->call_finished(*r.program, r.service, r.total_wait, now_);
+  if (r.tagged()) {
+    programs_->call_finished(*r.program, r.service, r.total_wait, now_);
+  } else {
+    r.solo.service += r.service;
+    r.solo.last_completion = now_;
+    programs_->solo_completed(r.solo);  // its size is learned, as natively
+  }
   r.program = nullptr;
   calls_.erase(it);
 }

@@ -50,6 +50,7 @@ void ProgramTable::end(const std::string& id) {
   auto it = live_.find(id);
   if (it == live_.end()) throw std::invalid_argument("unknown program '" + id + "'");
   if (it->second->active_calls == 0) {
+    completed(*it->second);
     erase_live(id);
     return;
   }
@@ -116,6 +117,7 @@ void ProgramTable::finish_entry(ProgramEntry& e, double call_service, double cal
   }
   auto it = retired_.find(e.id);
   if (it == retired_.end()) return;
+  completed(e);  // an ended program's last call finished: it leaves the table
   auto& gens = it->second;
   gens.erase(std::remove_if(gens.begin(), gens.end(), [&](const auto& p) { return p.get() == &e; }),
              gens.end());
@@ -139,6 +141,7 @@ int ProgramTable::collect(double now) {
   int n = 0;
   while (!idle_.empty() && now - idle_.begin()->first >= ttl_s_) {
     std::string id = idle_.begin()->second->id;
+    completed(*idle_.begin()->second);
     erase_live(id);
     if (keep_expired_) expired_.push_back(std::move(id));
     ++n;
@@ -151,6 +154,17 @@ size_t ProgramTable::num_retired() const {
   size_t n = 0;
   for (const auto& [id, gens] : retired_) n += gens.size();
   return n;
+}
+
+void ProgramTable::solo_completed(const ProgramEntry& e) {
+  std::lock_guard<std::mutex> lock(mu_);
+  completed(e);
+}
+
+void ProgramTable::completed(const ProgramEntry& e) {
+  // NOTE: critical is the critical-path service kept by atlas and gittins (their on_finish);
+  // other policies leave it 0 and record nothing.
+  if (e.critical > 0.0) service_.observe(e.service_class, e.critical);
 }
 
 std::vector<std::string> ProgramTable::ids() const {

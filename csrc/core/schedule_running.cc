@@ -13,7 +13,7 @@ bool Scheduler::grow(Request& r, int* num_tokens, bool allow_partial) {
   const int bs = cfg_.block_size;
   const int have = static_cast<int>(r.blocks.size());
   int need = std::max(0, ceil_div(r.num_computed + *num_tokens, bs) - have);
-  if (need > gpu_.num_free()) {
+  if (!ensure_free(need)) {
     if (!allow_partial) return false;
     int fit = (have + gpu_.num_free()) * bs - r.num_computed;
     if (fit < 1) return false;

@@ -15,8 +15,14 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, std::vector<TokenId> eos_token_
                     ? std::move(programs)
                     : std::make_shared<ProgramTable>(cfg.program_ttl_s, size_t(cfg.max_programs))),
       policy_(make_policy(cfg)),
+      retention_(make_retention(cfg)),
       gpu_(cfg.num_gpu_blocks, cfg.block_size, cfg.prefix_hash_mask),
-      cpu_(cfg.num_cpu_blocks) {}
+      cpu_(cfg.num_cpu_blocks, cfg.block_size, cfg.prefix_hash_mask) {
+  policy_->attach(*programs_);
+  // NOTE: the hook runs inside gpu_.allocate(); `this` outlives gpu_ (a member).
+  if (cfg_.enable_prefix_caching)
+    gpu_.set_evict_hook([this](BlockId g, const CacheEntry& e) { on_gpu_evict(g, e); });
+}
 
 SeqId Scheduler::add_request(RequestSpec spec) {
   if (spec.request_id.empty()) throw std::invalid_argument("request_id must not be empty");
@@ -50,6 +56,9 @@ SeqId Scheduler::add_request(RequestSpec spec) {
   Request& q = *slots_[id];
   ids_.emplace(q.spec.request_id, id);
   if (q.tagged()) {
+    if (const ProgramEntry* before = programs_->find(q.spec.program_id))
+      retention_->on_call_arrival(*before, now_);
+    owner_keys_.insert_or_assign(hash_string(q.spec.program_id), q.spec.program_id);
     q.program = &programs_->call_arrived(q.spec.program_id, now_);
   } else {  // an untagged call is its own one-call program, kept out of the shared table
     q.solo.active_calls = 1;
@@ -123,6 +132,7 @@ const StepPlan& Scheduler::schedule() {
   budget_ = cfg_.max_num_batched_tokens;
   preempted_this_step_ = false;
   if (policy_->needs_refresh()) refresh_queued();
+  if (!pins_.empty()) expire_pins();
   if (now_ >= next_collect_) {  // TTL collection of idle programs, a few times per TTL
     programs_->collect(now_);
     next_collect_ = now_ + programs_->ttl() / 8;
@@ -164,6 +174,8 @@ SchedulerStats Scheduler::stats() const {
   s.gpu_blocks_cached = gpu_.num_cached();
   s.cpu_blocks_free = cpu_.num_free();
   s.cpu_blocks_total = cpu_.num_blocks();
+  s.cpu_blocks_cached = cpu_.num_cached();
+  for (const auto& [key, pin] : pins_) s.gpu_blocks_pinned += int(pin.blocks.size());
   return s;
 }
 

@@ -10,22 +10,36 @@ namespace pyserve {
 void Scheduler::release_deferred() {
   for (BlockId b : deferred_decref_) gpu_.decref(b);
   deferred_decref_.clear();
+  for (BlockId c : cpu_deferred_) cpu_.decref(c);
+  cpu_deferred_.clear();
 }
 
 void Scheduler::register_full_blocks(Request& r) {
   if (!cfg_.enable_prefix_caching) return;
   const int bs = cfg_.block_size;
   const int full = r.num_computed / bs;
+  const uint64_t owner = r.tagged() ? hash_string(r.spec.program_id) : 0;
   for (int i = int(r.block_hashes.size()); i < full; ++i) {
-    // NOTE: the parent must still be the verified block of level i-1. If it was another
-    // request's block and got reused since, the chain is broken: stop registering (safe).
-    if (i > 0 && gpu_.generation(r.chain_tail) != r.chain_tail_gen) return;
-    uint64_t parent_hash = i > 0 ? r.block_hashes[i - 1] : 0;
-    uint64_t h = 0;
-    r.chain_tail = gpu_.register_block(r.blocks[i], i > 0 ? r.chain_tail : kNoBlock, parent_hash,
-                                       &r.tokens[i * bs], r.salt_hash, &h);
-    r.chain_tail_gen = gpu_.generation(r.chain_tail);
+    // NOTE: the parent must still be the entry verified at level i-1, on either tier. If it was
+    // another request's block and got dropped since, the chain is broken: stop (safe).
+    const uint64_t parent_hash = i > 0 ? r.block_hashes[i - 1] : 0;
+    if (i > 0 && !gpu_.holds(parent_hash, r.chain_tail_uid) &&
+        !cpu_.holds(parent_hash, r.chain_tail_uid))
+      return;
+    const uint64_t parent_uid = i > 0 ? r.chain_tail_uid : 0;
+    const TokenId* blk = &r.tokens[size_t(i) * bs];
+    uint64_t h = gpu_.masked_hash(parent_hash, blk, r.salt_hash);
+    BlockId c = cpu_.num_blocks() ? cpu_.match(h, parent_uid, blk, r.salt_hash) : kNoBlock;
+    BlockId canon;
+    if (c != kNoBlock && gpu_.adopt(r.blocks[i], cpu_.entry(c))) {
+      canon = r.blocks[i];  // recomputed content the host tier already has: same uid
+    } else {
+      canon =
+          gpu_.register_child(r.blocks[i], parent_uid, parent_hash, blk, r.salt_hash, owner, &h);
+    }
+    r.chain_tail_uid = gpu_.uid(canon);
     r.block_hashes.push_back(h);
+    if (r.chain_tail_uid == 0) return;  // a colliding entry holds the slot: stay uncached
   }
 }
 
@@ -49,8 +63,10 @@ bool Scheduler::check_stop(Request& r, TokenId token) {
 
 void Scheduler::finish(Request& r, FinishReason reason) {
   if (r.status == Status::kWaiting || r.status == Status::kSwapped) leave_queue(r);
+  if (r.status == Status::kRunning && reason != FinishReason::kAbort && cfg_.enable_prefix_caching)
+    pin_finished(r);  // the retention policy may keep the KV on the GPU for the next call
   if (r.status == Status::kRunning) free_gpu_blocks(r);
-  for (BlockId c : r.cpu_blocks) cpu_.free(c);
+  for (BlockId c : r.cpu_blocks) cpu_.decref(c);
   r.cpu_blocks.clear();
   r.status = Status::kFinished;
   r.finish = reason;
@@ -67,6 +83,7 @@ void Scheduler::finish(Request& r, FinishReason reason) {
     r.solo.wait += r.total_wait;
     r.solo.active_calls = 0;
     r.solo.last_completion = now_;
+    programs_->solo_completed(r.solo);
   }
   r.program = nullptr;
   ids_.erase(r.spec.request_id);

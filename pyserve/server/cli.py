@@ -29,6 +29,7 @@ ENGINE_OPTIONS = {
     "max_num_seqs": int,
     "max_model_len": int,
     "preemption_mode": str,
+    "kv_retention": str,
     "dtype": str,
     "device": str,
     "attention_backend": str,
@@ -48,7 +49,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None,
                    help=f"require 'Authorization: Bearer KEY' on /v1 (or set {API_KEY_ENV})")  # fmt: skip
-    p.add_argument("--policy", default="fcfs", help="scheduling policy (fcfs, priority, plas, ...)")
+    p.add_argument("--policy", default="fcfs", help="scheduling policy (fcfs, priority, plas, gittins, ...)")
     p.add_argument("--served-model-name", default=None, help="model name clients must send")
     p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
     p.add_argument("--tool-call-parser", default=None, choices=sorted(PARSERS),
@@ -72,6 +73,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="scheduler policy knob, e.g. starvation_beta=8 (repeatable)")  # fmt: skip
     p.add_argument("--cpu-threads", type=int, default=None,
                    help="torch intra-op threads (CPU); 1 is often fastest on small shared hosts")  # fmt: skip
+    p.add_argument("--cpu-cache-gib", type=float, default=None,
+                   help="host pool (GiB): swap space and the host tier of the prefix cache")  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     for name, typ in ENGINE_OPTIONS.items():
         p.add_argument("--" + name.replace("_", "-"), type=typ, default=None)
@@ -86,6 +89,10 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     """The engine options given on the command line, as EngineConfig.from_kwargs keywords."""
     kw = {name: getattr(args, name) for name in ENGINE_OPTIONS if getattr(args, name) is not None}
     kw["policy"] = args.policy
+    if args.cpu_cache_gib is not None:
+        if not args.cpu_cache_gib >= 0:
+            raise ValueError(f"--cpu-cache-gib must be >= 0, got {args.cpu_cache_gib}")
+        kw["swap_space_bytes"] = int(args.cpu_cache_gib * 2**30)
     if args.no_prefix_caching:
         kw["enable_prefix_caching"] = False
     options = {}

@@ -11,6 +11,7 @@ import sys
 
 from pyserve.sim.calibrate import fit_preset, load_step_log, mean_abs_pct_error
 from pyserve.sim.presets import get_preset, preset_names, save_preset
+from pyserve.sim.sessions import import_sessions
 from pyserve.sim.trace import write_trace
 from pyserve.sim.workloads import SHAREGPT_SOURCES, WORKLOADS, generate, trace_stats
 
@@ -18,7 +19,21 @@ from pyserve.sim.workloads import SHAREGPT_SOURCES, WORKLOADS, generate, trace_s
 def register_gen(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``gen``: write a program trace (JSONL) for a workload; prints its statistics."""
     p = subparsers.add_parser("gen", help="generate a program trace (JSONL)")
-    p.add_argument("--workload", required=True, choices=WORKLOADS)
+    p.add_argument("--workload", required=True, choices=(*WORKLOADS, "claude-code"))
+    p.add_argument(
+        "--source",
+        default=None,
+        help="claude-code: a kv-cache-tester checkout or its traces/ folder (*.json sessions)",
+    )
+    p.add_argument(
+        "--max-calls", type=int, default=None, help="claude-code: keep a session's first N calls"
+    )
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=None,
+        help="claude-code: end a session before its first longer request (the model's context)",
+    )
     p.add_argument("--programs", type=int, required=True, help="number of programs")
     p.add_argument(
         "--rate",
@@ -40,7 +55,15 @@ def register_gen(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
 
 
 def _gen(args: argparse.Namespace) -> int:
-    programs = generate(args.workload, args.programs, args.rate, args.seed, args.sharegpt_source)
+    if args.workload == "claude-code":
+        if args.source is None or args.rate is None:
+            raise ValueError("--workload claude-code needs --source DIR and --rate")
+        programs = import_sessions(args.source, args.programs, args.rate, args.seed,
+                                   args.max_calls, args.max_prompt_tokens)  # fmt: skip
+    else:
+        programs = generate(
+            args.workload, args.programs, args.rate, args.seed, args.sharegpt_source
+        )
     write_trace(programs, args.out)
     if not args.quiet:
         print(f"wrote {len(programs)} programs to {args.out}")

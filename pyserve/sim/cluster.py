@@ -110,6 +110,11 @@ class ClusterExecutor:
         self.routed[e] += 1
         return gid
 
+    def end_program(self, program_id: str) -> None:
+        """The program made its last call: it leaves the shared program table."""
+        if program_id in self.programs:
+            self.programs.end(program_id)
+
     def has_unfinished(self) -> bool:
         return any(eng.busy() or eng.inbox for eng in self.engines)
 
@@ -153,11 +158,8 @@ class ClusterExecutor:
     def _step_seconds(self, plan) -> float:
         qo = plan.qo_indptr
         seconds = self.cost.step_time(qo[1:] - qo[:-1], plan.seq_lens, plan.num_decodes)
-        if plan.swap_out.shape[0]:
-            seconds += self.cost.swap_time(plan.swap_out.shape[0])
-        if plan.swap_in.shape[0]:
-            seconds += self.cost.swap_time(plan.swap_in.shape[0])
-        return seconds
+        n_moved = plan.swap_out.shape[0] + plan.swap_in.shape[0]
+        return self.cost.with_transfers(seconds, n_moved) if n_moved else seconds
 
     def stats(self) -> dict:
         """Core stats summed over engines, plus per-engine stats and routing counts."""

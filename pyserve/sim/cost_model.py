@@ -241,6 +241,17 @@ class CostModel:
         moved = num_blocks * bs * self.preset.model.kv_bytes_per_token
         return self.preset.params.swap_latency_s + moved / self.preset.params.host_bytes_per_s
 
+    def with_transfers(self, step_s: float, num_blocks: int) -> float:
+        """A step of ``step_s`` forward seconds that also moves ``num_blocks`` blocks across the
+        host link (swap-outs and swap-ins of its plan).
+
+        NOTE: the copies run on their own stream layer by layer (the CUDA swap kernel, vLLM's
+        offloading connector and LMCache do the same), so they overlap the forward: the step takes
+        the longer of the two plus one copy launch, not their sum.
+        """
+        moved = self.swap_time(num_blocks) - self.preset.params.swap_latency_s
+        return max(step_s, moved) + self.preset.params.swap_latency_s
+
     def kv_capacity_blocks(self, block_size: int | None = None) -> int:
         """GPU KV blocks that fit after the weights and the activation reserve."""
         bs = self.block_size if block_size is None else block_size

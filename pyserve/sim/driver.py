@@ -216,7 +216,9 @@ class Driver:
     not use): ``remaining_hint`` = the call's output tokens and ``program_remaining_hint`` = the
     program's unfinished output tokens (the sjf/srpt oracles), and ``ltr_score`` = output tokens
     times ``exp(ltr_sigma * z)``, z ~ N(0, 1) seeded per call — a stand-in for a learned ranker
-    (``ltr_sigma = 0`` ranks perfectly).
+    (``ltr_sigma = 0`` ranks perfectly). An executor with an ``end_program(program_id)`` method
+    is told when a program's last call finished, as a client ends a program (``gittins`` learns
+    program sizes from these ends).
     """
 
     def __init__(
@@ -234,6 +236,8 @@ class Driver:
         if not (ltr_sigma >= 0 and math.isfinite(ltr_sigma)):
             raise ValueError(f"ltr_sigma must be finite and >= 0, got {ltr_sigma}")
         self.ex, self.book = executor, book
+        self._end_program = getattr(executor, "end_program", None)
+        self._mark_coming_back = getattr(executor, "mark_coming_back", None)
         self.c = _Calls(programs)
         self.vocab_size, self.ltr_sigma = vocab_size, ltr_sigma
         self.emit_trace_tokens = emit_trace_tokens
@@ -318,6 +322,10 @@ class Driver:
             remaining_hint=float(out),
             program_remaining_hint=float(self.prog_out_left[pi]),
         )
+        if self.c.children[g] and self._mark_coming_back is not None:
+            # NOTE: the program continues after this call (the trace's tool call): retention
+            # policies may keep its KV for the next call.
+            self._mark_coming_back(self.c.programs[pi].program_id)
         ids = toks.output_ids(c.call_id) if self.emit_trace_tokens else None
         self.offset[g] = self.book.open(seq, out, ids)
         if seq >= self.seq_gid.shape[0]:
@@ -357,6 +365,8 @@ class Driver:
             self.full[g] = np.concatenate([self.prompts.pop(g), self.book.tokens[off : off + out]])
         if self.prog_left[pi] == 0:
             self.tokens.pop(pi, None)
+            if self._end_program is not None:
+                self._end_program(self.c.programs[pi].program_id)
         for child in self.c.children[g]:
             self.pending[child] -= 1
             if self.pending[child] == 0:

@@ -52,7 +52,11 @@ class SimSetup:
     max_num_batched_tokens: int = SchedulerConfig.max_num_batched_tokens
     max_num_seqs: int = SchedulerConfig.max_num_seqs
     preemption_mode: str = SchedulerConfig.preemption_mode
+    # Host pool: swap space and the host tier of the prefix cache (vllm-opt runs without one).
     swap_space_gib: float = 16.0
+    kv_retention: str = SchedulerConfig.kv_retention
+    # Multiplies the preset's GPU KV capacity (8.0: the "8x HBM" bound of benchmarks).
+    kv_capacity_scale: float = 1.0
     enable_prefix_caching: bool = True
     policy_options: dict[str, Any] = field(default_factory=dict)
     ltr_sigma: float = 0.5
@@ -62,7 +66,12 @@ class SimSetup:
         ValueError for an unknown policy."""
         if policy in BASELINES and policy not in _core.policy_names():
             core, caching, chunked = BASELINES[policy]
-            return core, dataclasses.replace(self, enable_prefix_caching=caching), chunked
+            # NOTE: vLLM's defaults: LRU over the GPU pool only (no host tier; swap space off,
+            # so preemption recomputes as vLLM v1 does).
+            base = dataclasses.replace(
+                self, enable_prefix_caching=caching, kv_retention="lru", swap_space_gib=0.0
+            )
+            return core, base, chunked
         if policy not in _core.policy_names():
             raise ValueError(f"unknown policy {policy!r}; known: {', '.join(policy_choices())}")
         return policy, self, True
@@ -81,7 +90,7 @@ def build_core_config(
 ) -> _core.SchedulerConfig:
     """The C++ scheduler config of a simulated run: KV capacity from the preset's memory."""
     core_policy, setup, chunked = setup.resolve(policy)
-    gpu_blocks = cost.kv_capacity_blocks(setup.block_size)
+    gpu_blocks = int(cost.kv_capacity_blocks(setup.block_size) * setup.kv_capacity_scale)
     if max_model_len > gpu_blocks * setup.block_size:
         raise ValueError(
             f"a call needs {max_model_len} tokens of KV but preset {setup.preset!r} holds "
@@ -98,18 +107,24 @@ def build_core_config(
         max_num_seqs=setup.max_num_seqs,
         policy=core_policy,
         preemption_mode=setup.preemption_mode,
+        kv_retention=setup.kv_retention,
         policy_options=dict(setup.policy_options),
     )
     cache = CacheConfig(
         block_size=setup.block_size, enable_prefix_caching=setup.enable_prefix_caching
     )
-    return core_config(
+    config = core_config(
         sched,
         cache,
         num_gpu_blocks=gpu_blocks,
         num_cpu_blocks=int(setup.swap_space_gib * GiB // block_bytes),
         max_model_len=max_model_len,
     )
+    # ttl's reload cost: the preset's time to prefill one token of a long context (one chunk).
+    chunk = setup.max_num_batched_tokens
+    one = np.array([chunk])
+    config.retention_reload_s_per_token = cost.step_time(one, one) / chunk
+    return config
 
 
 class SimExecutor:
@@ -149,6 +164,15 @@ class SimExecutor:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
+    def end_program(self, program_id: str) -> None:
+        """The program made its last call: it leaves the program table (its size is learned)."""
+        if program_id in self.scheduler.programs:
+            self.scheduler.end_program(program_id)
+
+    def mark_coming_back(self, program_id: str) -> None:
+        """The program's current call ends in a tool call: it will send another."""
+        self.scheduler.mark_coming_back(program_id)
+
     def idle_until(self, t: float) -> None:
         """Nothing runs: jump the clock to ``t`` (never backwards)."""
         self.clock = max(self.clock, t)
@@ -179,11 +203,9 @@ class SimExecutor:
         """Cost-model seconds of a planned step: the forward plus its batched swaps."""
         cost, qo = self.cost, plan.qo_indptr
         seconds = cost.step_time(qo[1:] - qo[:-1], plan.seq_lens, plan.num_decodes)
-        n_out, n_in = plan.swap_out.shape[0], plan.swap_in.shape[0]
-        if n_out:
-            seconds += cost.swap_time(n_out)
-        if n_in:
-            seconds += cost.swap_time(n_in)
+        n_moved = plan.swap_out.shape[0] + plan.swap_in.shape[0]
+        if n_moved:
+            seconds = cost.with_transfers(seconds, n_moved)
         return seconds
 
     def _step_profiled(self) -> StepResult:
@@ -338,6 +360,7 @@ def run_meta(executor: str, policy: str, config, preset, wall: float, sim_s: flo
         "enable_prefix_caching": config.enable_prefix_caching,
         "num_gpu_blocks": config.num_gpu_blocks,
         "num_cpu_blocks": config.num_cpu_blocks,
+        "kv_retention": config.kv_retention,
         "kv_bytes_per_token": preset.model.kv_bytes_per_token,
         "wall_s": wall,
         "sim_s": sim_s,

@@ -7,7 +7,13 @@ policy's value at the lowest swept rate (its low-load latency); a policy *sustai
 arrival rate at which its metric is still under the line, interpolated linearly between the last
 swept rate under the line and the first one above it. A policy that stays under the line at every
 swept rate is *censored*: it sustains at least the highest swept rate (shown as ``>=``), and its
-gains are lower bounds. The gain of policy A over baseline B is sustained(A) / sustained(B).
+gains are lower bounds. A policy already over the line at the lowest swept rate sustains less than
+that rate (shown as ``<``): gains over it are lower bounds (``>``), its own gains upper bounds.
+The gain of policy A over baseline B is sustained(A) / sustained(B); ``?`` when both are bounds
+in the same direction.
+
+A program's *wait* is the longest queueing delay (release to first step) of any of its calls;
+*starvation* is the longest wait of any program.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ def summarize(r: RunResult) -> dict:
     st, meta = r.stats, r.meta
     makespan = float(r.program_finish.max() - r.arrival.min())
     tokens = int(r.output_tokens.sum())
+    waits = program_waits(r)
     block_bytes = meta.get("block_size", 0) * meta.get("kv_bytes_per_token", 0)
     swapped = st.get("blocks_swapped_out", 0) + st.get("blocks_swapped_in", 0)
     query = st.get("prefix_query_tokens", 0)
@@ -52,6 +59,8 @@ def summarize(r: RunResult) -> dict:
         "ttft_s": dist(r.ttft),
         "inter_token_s": dist(r.inter_token_times()),
         "queueing_delay_s": dist(r.queueing_delay),
+        "program_wait_s": dist(waits),
+        "starvation_s": float(waits.max()) if waits.size else math.nan,
         "makespan_s": makespan,
         "throughput_programs_per_s": len(r.program_ids) / makespan if makespan > 0 else math.nan,
         "throughput_tokens_per_s": tokens / makespan if makespan > 0 else math.nan,
@@ -64,6 +73,13 @@ def summarize(r: RunResult) -> dict:
         "wall_s": meta.get("wall_s", math.nan),
         "meta": {k: v for k, v in meta.items() if k != "timings"},
     }
+
+
+def program_waits(r: RunResult) -> np.ndarray:
+    """Per program: the longest queueing delay of any of its calls (s)."""
+    out = np.zeros(len(r.program_ids))
+    np.maximum.at(out, r.program, r.queueing_delay)
+    return out
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -86,7 +102,9 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
 def run_table(summary: dict) -> str:
     """The aggregates of one run as a markdown table (times in ms)."""
     rows = []
-    for key in ("latency_s", "latency_per_token_s", "ttft_s", "inter_token_s", "queueing_delay_s"):
+    keys = ("latency_s", "latency_per_token_s", "ttft_s", "inter_token_s", "queueing_delay_s",
+            "program_wait_s")  # fmt: skip
+    for key in keys:
         d = summary[key]
         rows.append([key.removesuffix("_s") + " (ms)", *(1e3 * d[k] for k in d)])
     table = markdown_table(["metric", "mean", "p50", "p95", "p99"], rows)
@@ -95,6 +113,7 @@ def run_table(summary: dict) -> str:
             "programs / calls / output tokens",
             f"{summary['programs']} / {summary['calls']} / {summary['output_tokens']}",
         ],
+        ["starvation: longest program wait (s)", summary["starvation_s"]],
         ["makespan (s)", summary["makespan_s"]],
         [
             "throughput (programs/s, tokens/s)",
@@ -110,23 +129,23 @@ def run_table(summary: dict) -> str:
 
 
 def sustained_rate(rates: Sequence[float], values: Sequence[float], line: float) -> tuple:
-    """(highest rate with value <= line, censored?) over a sweep (see the module docstring).
-
-    Returns (0.0, False) when even the lowest rate is over the line.
+    """(rate, bound) over a sweep (see the module docstring): the highest rate with value <= line
+    and bound ``""`` when interpolated, ``">="`` when under the line at every swept rate (rate =
+    the highest), ``"<"`` when over it already at the lowest one (rate = the lowest).
     """
     order = np.argsort(rates)
     r = np.asarray(rates, dtype=float)[order]
     v = np.asarray(values, dtype=float)[order]
     over = np.flatnonzero(~(v <= line))
     if over.size == 0:
-        return float(r[-1]), True
+        return float(r[-1]), ">="
     i = int(over[0])
     if i == 0:
-        return 0.0, False
+        return float(r[0]), "<"
     r0, r1, v0, v1 = r[i - 1], r[i], v[i - 1], v[i]
     if not math.isfinite(v1) or v1 <= v0:
-        return float(r0), False
-    return float(r0 + (line - v0) * (r1 - r0) / (v1 - v0)), False
+        return float(r0), ""
+    return float(r0 + (line - v0) * (r1 - r0) / (v1 - v0)), ""
 
 
 def metric_curves(sweep: dict, metric: str, stat: str) -> dict[str, tuple[list, list]]:
@@ -156,14 +175,19 @@ def throughput_at_equal_latency(sweep: dict, stat: str, slo_factor: float) -> di
     return {"line": line, "rates": {p: sustained_rate(r, v, line) for p, (r, v) in curves.items()}}
 
 
+# (bound of A, bound of B) -> bound of sustained(A) / sustained(B); None: unknown
+_GAIN_BOUND = {
+    ("", ""): "", (">=", ""): ">=", ("", ">="): "<=", ("", "<"): ">", (">=", "<"): ">",
+    ("<", ""): "<", ("<", ">="): "<", (">=", ">="): None, ("<", "<"): None,
+}  # fmt: skip
+
+
 def _gain(a: tuple, b: tuple) -> str:
     (ra, ca), (rb, cb) = a, b
-    if rb == 0:
-        return "inf" if ra > 0 else "-"
-    if ca and cb:
+    bound = _GAIN_BOUND[(ca, cb)]
+    if bound is None:
         return "?"
-    ratio = f"{ra / rb:.2f}x"
-    return (">=" if ca else "<=" if cb else "") + ratio
+    return f"{bound}{ra / rb:.2f}x"
 
 
 def _factors(slo_factors: float | Sequence[float]) -> list[float]:
@@ -185,9 +209,9 @@ def gain_table(sweep: dict, slo_factor: float) -> str:
         row = [p]
         for stat in ("mean", "p95"):
             rr = results[stat]["rates"]
-            rate, censored = rr[p]
-            row.append((">=" if censored else "") + f"{rate:.3g}")
-            row += [_gain(rr[p], rr[b]) for b in baselines]
+            rate, bound = rr[p]
+            row.append(f"{bound}{rate:.3g}")
+            row += ["1.00x" if b == p else _gain(rr[p], rr[b]) for b in baselines]
         rows.append(row)
     return "\n".join(
         [
@@ -199,19 +223,24 @@ def gain_table(sweep: dict, slo_factor: float) -> str:
 
 
 def sweep_tables(sweep: dict, slo_factors: float | Sequence[float]) -> str:
-    """Markdown: latency per token per policy and rate, then one gain table per line factor."""
+    """Markdown: latency per token (mean, P95, P99) and starvation per policy and rate, then one
+    gain table per line factor."""
     policies = list(sweep)
     rates = sorted({x for by_rate in sweep.values() for x in by_rate})
     rows = []
     for p in policies:
-        for stat in ("mean", "p95"):
+        for stat in ("mean", "p95", "p99"):
             cells = [
                 1e3 * sweep[p][x]["latency_per_token_s"][stat] if x in sweep[p] else math.nan
                 for x in rates
             ]
             rows.append([p, stat, *cells])
+        rows.append([p, "starvation (s)", *[
+            sweep[p][x].get("starvation_s", math.nan) if x in sweep[p] else math.nan
+            for x in rates]])  # fmt: skip
     parts = [
-        "Program latency per output token (ms/token) vs arrival rate (programs/s):",
+        "Program latency per output token (ms/token; starvation: the longest program wait, s)"
+        " vs arrival rate (programs/s):",
         "",
         markdown_table(["policy", "stat", *[f"{x:g}" for x in rates]], rows),
     ]

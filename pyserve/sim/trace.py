@@ -26,6 +26,8 @@ _CALL_OPTIONAL = {
     "tool_s": float,
     "shared_prefix_id": str,
     "shared_prefix_tokens": int,
+    "hash_ids": list,
+    "hash_block_tokens": int,
 }
 
 
@@ -46,6 +48,10 @@ class Call:
     tool_s: float = 0.0
     shared_prefix_id: str | None = None
     shared_prefix_tokens: int = 0
+    # The prompt as a list of block hash ids (kv-cache-tester / Mooncake traces): block k holds
+    # hash_block_tokens token ids derived from hash_ids[k] alone, so equal ids share a prefix.
+    hash_ids: tuple[int, ...] = ()
+    hash_block_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,9 @@ def call_to_dict(call: Call) -> dict:
     if call.shared_prefix_id is not None:
         d["shared_prefix_id"] = call.shared_prefix_id
         d["shared_prefix_tokens"] = call.shared_prefix_tokens
+    if call.hash_ids:
+        d["hash_ids"] = list(call.hash_ids)
+        d["hash_block_tokens"] = call.hash_block_tokens
     return d
 
 
@@ -180,6 +189,16 @@ def _parse_call(obj: object, index: int) -> Call:
         )
     if reuse and not parents:
         raise ValueError(f"{where}: reuse_parent_context needs at least one parent")
+    hash_ids = obj.get("hash_ids", [])
+    hash_bt = _count(obj.get("hash_block_tokens", 0), "hash_block_tokens", where, 0)
+    if hash_ids or hash_bt:
+        if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 0 for h in hash_ids):
+            raise ValueError(f"{where}: hash_ids must be a list of integers >= 0")
+        if not hash_ids or hash_bt < 1 or reuse or prefix_id is not None:
+            raise ValueError(
+                f"{where}: hash_ids needs hash_block_tokens >= 1 and excludes "
+                "reuse_parent_context and shared_prefix_id"
+            )
     return Call(
         call_id=obj["call_id"],
         prompt_tokens=prompt,
@@ -189,6 +208,8 @@ def _parse_call(obj: object, index: int) -> Call:
         tool_s=_number(obj.get("tool_s", 0.0), "tool_s", where),
         shared_prefix_id=prefix_id,
         shared_prefix_tokens=prefix_n,
+        hash_ids=tuple(hash_ids),
+        hash_block_tokens=hash_bt,
     )
 
 
@@ -274,10 +295,48 @@ def stable_seed(*parts: str) -> int:
     return int.from_bytes(h.digest(), "little")
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+_SHIFTS = (np.uint64(30), np.uint64(27), np.uint64(31))
+
+
+def _finalize(z: np.ndarray, low: int, high: int) -> np.ndarray:
+    """SplitMix64's mixing of uint64 ``z`` (in place), mapped to int32 ids in [low, high)."""
+    z ^= z >> _SHIFTS[0]
+    z *= _MIX[0]
+    z ^= z >> _SHIFTS[1]
+    z *= _MIX[1]
+    z ^= z >> _SHIFTS[2]
+    z %= np.uint64(high - low)
+    out = z.astype(np.int32)
+    out += low
+    return out
+
+
+def hash_block_ids(hash_ids, block_tokens: int, low: int, high: int) -> np.ndarray:
+    """Token ids in [low, high) of the blocks named by ``hash_ids``, concatenated (int32).
+
+    Block k depends only on ``hash_ids[k]`` (SplitMix64 of ``hash * block_tokens + i``): equal
+    hash ids give equal blocks in every call and program, so the prefix cache sees exactly the
+    trace's sharing. Vectorised: one numpy pass per call.
+    """
+    h = np.asarray(hash_ids, dtype=np.uint64)[:, None] * np.uint64(block_tokens)
+    z = (h + np.arange(block_tokens, dtype=np.uint64)[None, :]).ravel()
+    z += _GOLDEN  # NOTE: uint64 arithmetic wraps modulo 2^64, as SplitMix64 needs
+    return _finalize(z, low, high)
+
+
 def _draw(n: int, seed: int, low: int, high: int) -> np.ndarray:
-    # NOTE: Generator.integers fills sequentially, so the first k ids of a draw of n >= k equal a
-    # draw of k: shared prefixes of different lengths agree on their common part.
-    return np.random.Generator(np.random.PCG64(seed)).integers(low, high, n, dtype=np.int32)
+    """``n`` ids in [low, high): SplitMix64 of (seed, position), a counter-based generator.
+
+    NOTE: id i depends only on (seed, i), so the first k ids of a draw of n >= k equal a draw of
+    k: shared prefixes of different lengths agree on their common part. A handful of numpy ops,
+    no generator object per draw (the simulator draws twice per call).
+    """
+    z = np.arange(1, n + 1, dtype=np.uint64)
+    z *= _GOLDEN
+    z += np.uint64(seed)  # NOTE: uint64 arithmetic wraps modulo 2^64, as SplitMix64 needs
+    return _finalize(z, low, high)
 
 
 class ProgramTokens:
@@ -305,6 +364,12 @@ class ProgramTokens:
     def new_prompt_ids(self, call_id: str) -> np.ndarray:
         """The call's own prompt tokens (shared prefix first), without reused context."""
         c = self.program.call(call_id)
+        if c.hash_ids:
+            ids = hash_block_ids(c.hash_ids, c.hash_block_tokens, self.reserved_low, self.vocab_size)
+            rest = c.prompt_tokens - ids.shape[0]  # the unhashed tail (a partial last block)
+            if rest <= 0:
+                return ids[: c.prompt_tokens]
+            return np.concatenate([ids, self._ids(rest, self.program.program_id, call_id)])
         own = self._ids(c.prompt_tokens - c.shared_prefix_tokens, self.program.program_id, call_id)
         if c.shared_prefix_id is None:
             return own

@@ -10,8 +10,11 @@ enum class PreemptionMode : int8_t { kRecompute = 0, kSwap = 1 };
 struct SchedulerConfig {
   // KV memory.
   int num_gpu_blocks = 1024;
-  int num_cpu_blocks = 0;  // swap pool; 0 disables swapping (swap mode falls back to recompute)
-  int block_size = 16;     // tokens per block, a power of two
+  // Host pool: swap space for preempted calls and the host tier of the prefix cache (cached GPU
+  // blocks the retention policy keeps move here when evicted). 0: neither (swap mode falls back
+  // to recompute).
+  int num_cpu_blocks = 0;
+  int block_size = 16;  // tokens per block, a power of two
   bool enable_prefix_caching = true;
   // NOTE: test hook. Chained hashes are AND-ed with this mask; a small mask forces collisions so
   // tests can show that verification never aliases different tokens. Production keeps ~0.
@@ -45,10 +48,22 @@ struct SchedulerConfig {
   // plas hybrid: order the first calls of programs (no completed call yet) inside their queue by
   // the learned-ranking score, shortest predicted first, instead of by arrival.
   bool plas_ltr_first_call = false;
+  // gittins: size classes by the first call's ltr-score quantile (0: one pooled distribution).
+  int gittins_classes = 4;
   // ltr: a request unscheduled for starve_steps consecutive steps runs at top priority for its
   // next starve_quantum steps.
   int starve_steps = 200;
   int starve_quantum = 10;
+  // KV retention across a program's calls (csrc/retention/, docs/sessions.md): lru | ttl | program.
+  std::string kv_retention = "lru";
+  // ttl: a finished call of a live program pins its blocks for
+  // min(retention_ttl_max_s, retention_ttl_scale * reload_s * free_fraction) seconds, where
+  // reload_s = context tokens * retention_reload_s_per_token (the cost of re-prefilling it).
+  double retention_ttl_max_s = 300.0;
+  double retention_ttl_scale = 100.0;
+  double retention_reload_s_per_token = 1e-4;
+  // program: host-tier blocks of waiting calls copied back per step, ahead of admission.
+  int retention_prefetch_blocks = 4096;
   // Program table: idle programs (no active call) are collected after this many seconds.
   double program_ttl_s = 600.0;
   // Cap on live programs: start_program beyond it throws ProgramTableFull (HTTP 429). 0: none.

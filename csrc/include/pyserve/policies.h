@@ -14,5 +14,6 @@ std::unique_ptr<Policy> make_ltr(const SchedulerConfig& cfg);
 std::unique_ptr<Policy> make_mlfq(const SchedulerConfig& cfg);
 std::unique_ptr<Policy> make_plas(const SchedulerConfig& cfg);
 std::unique_ptr<Policy> make_atlas(const SchedulerConfig& cfg);
+std::unique_ptr<Policy> make_gittins(const SchedulerConfig& cfg);
 
 }  // namespace pyserve

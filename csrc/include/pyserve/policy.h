@@ -23,6 +23,8 @@ class Policy {
   /// Coarse class used by proactive preemption: a queued call displaces a running one only when
   /// its class is strictly better (e.g. a strictly better queue). Defaults to the primary key.
   virtual double preempt_class(const Request& r) const { return primary(r); }
+  /// Called once by the scheduler with the program table it uses (shared behind a router).
+  virtual void attach(ProgramTable& programs) {}
   /// The call entered the core; r.program is its (possibly new) program entry.
   virtual void on_arrival(Request& r, double now) {}
   /// The call took part in a step and was charged `seconds` of service.

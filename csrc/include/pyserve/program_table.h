@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "pyserve/service_distribution.h"
+
 namespace pyserve {
 
 struct ProgramEntry {
@@ -21,8 +23,9 @@ struct ProgramEntry {
   double last_arrival = 0.0;
   double last_completion = 0.0;
   int engine_id = -1;
-  bool implicit = true;  // created by a call, not by start_program
-  bool ended = false;    // end_program called while calls were active (the entry is retired)
+  bool implicit = true;    // created by a call, not by start_program
+  bool ended = false;      // end_program called while calls were active (the entry is retired)
+  int service_class = -1;  // gittins: size class (first call's ltr-score bucket), -1 = unknown
   // The last call ended with a tool call: the agent runs the tool and calls again with the same
   // context (KV retention may keep its blocks). Cleared when the program's next call arrives.
   bool coming_back = false;
@@ -105,19 +108,28 @@ class ProgramTable {
   std::vector<std::string> take_expired();
   /// Throws std::logic_error when the idle index disagrees with the entries.
   void check() const;
+  /// Sizes (critical-path service) of the programs that completed: ended explicitly, untagged
+  /// calls that finished, or idle programs collected by TTL (gittins learns from it).
+  const ServiceDistribution& service() const { return service_; }
+  ServiceDistribution& service() { return service_; }
+  /// An untagged call's one-call program (kept out of the table) completed: its size is learned.
+  void solo_completed(const ProgramEntry& e);
 
  private:
-  // NOTE: create and erase_live change membership: callers hold mu_.
+  // NOTE: create, erase_live and completed run with mu_ held.
   ProgramEntry& create(const std::string& id, double now);
   void set_idle(ProgramEntry& e);
   void unset_idle(ProgramEntry& e);
   void erase_live(const std::string& id);
   void finish_entry(ProgramEntry& e, double call_service, double call_wait, double now);
+  /// A program leaves the table: its size joins the distribution (if it got any service).
+  void completed(const ProgramEntry& e);
 
   double ttl_s_;
   size_t max_programs_;
   bool keep_expired_ = false;
-  mutable std::mutex mu_;  // NOTE: guards live_, retired_ and expired_ membership
+  mutable std::mutex mu_;  // NOTE: guards live_, retired_, expired_ membership and service_
+  ServiceDistribution service_;
   std::unordered_map<std::string, std::unique_ptr<ProgramEntry>> live_;
   // id -> retired generations with running calls, oldest first (usually zero or one).
   std::unordered_map<std::string, std::vector<std::unique_ptr<ProgramEntry>>> retired_;

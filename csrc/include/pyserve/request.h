@@ -52,8 +52,12 @@ struct Request {
   std::vector<BlockId> blocks;         // GPU block table
   std::vector<BlockId> cpu_blocks;     // CPU block table while swapped
   std::vector<uint64_t> block_hashes;  // chained hashes of registered full blocks, in order
-  BlockId chain_tail = kNoBlock;       // cached block verified for the last entry of block_hashes
-  uint32_t chain_tail_gen = 0;  // its generation when recorded (it may belong to another request)
+  // Cache-entry uid verified for the last entry of block_hashes (on either tier; it may belong
+  // to another request); 0 when none.
+  uint64_t chain_tail_uid = 0;
+  // NOTE: speed cache: chained hashes of the full blocks of tokens[0..lookup_hashes.size()*bs),
+  // computed once per waiting spell so a long prompt is not rehashed every step it waits.
+  std::vector<uint64_t> lookup_hashes;
   Status status = Status::kWaiting;
   FinishReason finish = FinishReason::kNone;
   int num_preemptions = 0;

@@ -13,6 +13,7 @@
 #include "pyserve/policy.h"
 #include "pyserve/program_table.h"
 #include "pyserve/request.h"
+#include "pyserve/retention.h"
 #include "pyserve/step_plan.h"
 
 namespace pyserve {
@@ -24,6 +25,10 @@ struct SchedulerStats {
   int64_t num_preemptions_recompute = 0, num_preemptions_swap = 0;
   int64_t blocks_swapped_out = 0, blocks_swapped_in = 0;
   int64_t prefix_query_tokens = 0, prefix_hit_tokens = 0;
+  // Host tier of the prefix cache: hit tokens served from it, blocks moved GPU -> host on
+  // eviction, host -> GPU on a hit (loaded) or ahead of admission (prefetched); pinned blocks.
+  int64_t host_hit_tokens = 0, blocks_offloaded = 0, blocks_loaded = 0, blocks_prefetched = 0;
+  int cpu_blocks_cached = 0, gpu_blocks_pinned = 0;
   int64_t num_steps = 0;
   int64_t num_finished_stop = 0, num_finished_length = 0, num_finished_abort = 0;
 };
@@ -54,7 +59,9 @@ class Scheduler {
 
   /// Programs (sessions): explicit start / end; calls may also start them implicitly.
   void start_program(const std::string& id) { programs_->start(id, now_); }
-  void end_program(const std::string& id) { programs_->end(id); }
+  void end_program(const std::string& id);
+  /// The program's current call ends in a tool call: it will be back (retention policies).
+  bool mark_coming_back(const std::string& id) { return programs_->mark_coming_back(id); }
   const ProgramTable& programs() const { return *programs_; }
   std::shared_ptr<ProgramTable> program_table() const { return programs_; }
   /// Moves the clock forward to t (wall-clock executors); never backwards.
@@ -68,6 +75,10 @@ class Scheduler {
   SchedulerStats stats() const;
   const SchedulerConfig& config() const { return cfg_; }
   const BlockAllocator& allocator() const { return gpu_; }
+  const BlockAllocator& host_allocator() const { return cpu_; }
+  const Retention& retention() const { return *retention_; }
+  /// Releases every pin (the KV becomes ordinary evictable cache).
+  void release_all_pins();
   const Policy& policy() const { return *policy_; }
   double now() const { return now_; }
   /// Throws std::logic_error if any allocator or bookkeeping invariant is broken.
@@ -98,6 +109,17 @@ class Scheduler {
   void preempt(Request& r);
   SeqId pick_victim(bool respect_protection);
   void free_gpu_blocks(Request& r);
+  // kv_tier.cc
+  void on_gpu_evict(BlockId g, const CacheEntry& e);
+  BlockId load_from_host(uint64_t h, uint64_t parent_uid, const TokenId* blk, uint64_t salt,
+                         uint64_t* uid);
+  const std::vector<uint64_t>& chain_hashes(Request& r);
+  void prefetch_waiting();
+  RetentionView view_of(const std::string& program_id, int context_tokens) const;
+  void pin_finished(Request& r);
+  void release_pin(const std::string& key);
+  void expire_pins();
+  bool ensure_free(int n);
   // step_plan.cc
   void emit(Request& r, int num_tokens);
   void build_plan();
@@ -113,8 +135,9 @@ class Scheduler {
   std::vector<TokenId> eos_;
   std::shared_ptr<ProgramTable> programs_;
   std::unique_ptr<Policy> policy_;
+  std::unique_ptr<Retention> retention_;
   BlockAllocator gpu_;
-  CpuPool cpu_;
+  BlockAllocator cpu_;  // host pool: swap space and the host tier of the prefix cache
 
   std::vector<std::unique_ptr<Request>> slots_;
   std::vector<SeqId> free_slots_, pending_release_;
@@ -127,6 +150,17 @@ class Scheduler {
   StepReport report_;
   std::vector<std::pair<SeqId, int>> decodes_, prefills_;
   std::vector<BlockId> deferred_decref_;  // copy sources kept alive until the step ran
+  std::vector<BlockId> cpu_deferred_;     // host blocks read by this step's swap-ins, likewise
+  // Pinned KV of finished calls (retention), per program id. NOTE: each pin holds one reference
+  // on each of its blocks.
+  struct Pin {
+    std::vector<BlockId> blocks;
+    double expiry = 0.0;
+    double value = 0.0;
+  };
+  std::unordered_map<std::string, Pin> pins_;
+  // hash_string(program id) -> id; "" once end_program ended it (its blocks may be dropped).
+  std::unordered_map<uint64_t, std::string> owner_keys_;
   int budget_ = 0;
   bool preempted_this_step_ = false;
   std::vector<std::pair<Key, SeqId>> sort_buf_;
