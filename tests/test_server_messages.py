@@ -124,7 +124,6 @@ BAD = {
                                        {}),  # fmt: skip
     "unknown tool_use_id": ([HISTORY[0], HISTORY[2]], {}),
     "image block": ([{"role": "user", "content": [{"type": "image", "source": {}}]}], {}),
-    "tool_choice any": (HISTORY[:1], {"tools": TOOLS, "tool_choice": {"type": "any"}}),
     "tool_choice unknown tool": (HISTORY[:1], {"tools": TOOLS, "tool_choice": {
         "type": "tool", "name": "nope"}}),  # fmt: skip
     "thinking": (HISTORY[:1], {"thinking": {"type": "enabled", "budget_tokens": 1024}}),
