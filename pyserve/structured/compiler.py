@@ -90,5 +90,5 @@ class GrammarCache:
 
 def choice_ebnf(choices: Sequence[str]) -> str:
     """An EBNF grammar whose language is exactly ``choices``."""
-    # NOTE: json.dumps writes the escapes (\" \\ \n \uXXXX) that xgrammar's EBNF reads.
+    # NOTE: json.dumps writes the escapes (\" \\ \n and \u plus four hex digits) that xgrammar's EBNF reads.
     return "root ::= " + " | ".join(json.dumps(c) for c in choices)
