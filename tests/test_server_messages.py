@@ -128,6 +128,7 @@ BAD = {
         "type": "tool", "name": "nope"}}),  # fmt: skip
     "thinking": (HISTORY[:1], {"thinking": {"type": "enabled", "budget_tokens": 1024}}),
     "output format": (HISTORY[:1], {"output_config": {"format": {"type": "json_schema"}}}),
+    "bad session id": (HISTORY[:1], {"session_id": "bad id!"}),
 }
 
 

@@ -110,6 +110,7 @@ def test_bad_requests(real):
         ({"input": [{"type": "function_call_output", "call_id": "c9", "output": "x"}]},
          "messages.0.tool_call_id"),
         ({"input": []}, "input"),
+        ({"input": "x", "session_id": "bad id!"}, "session_id"),  # the program-id rule
         ({"input": "x", "background": True}, "background"),
         ({"input": "x", "truncation": "auto"}, "truncation"),
         ({"input": "x", "include": ["reasoning.encrypted_content"]}, "include"),

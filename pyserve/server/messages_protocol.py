@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pyserve.server.errors import bad_request
-from pyserve.server.protocol import Finite, TagId
+from pyserve.server.protocol import Finite, ProgramId, TagId
 from pyserve.server.tools import FunctionName, NamedToolChoice, ToolCallItem
 
 Text = Annotated[str, Field(max_length=1 << 22)]
@@ -84,8 +84,8 @@ class MessagesRequest(CountTokensRequest):
     thinking: dict[str, Any] | None = None
     output_config: dict[str, Any] | None = None
     priority: Finite = 0.0
-    program_id: TagId | None = None
-    session_id: TagId | None = None
+    program_id: ProgramId | None = None
+    session_id: ProgramId | None = None
     thread_id: TagId | None = None
 
 

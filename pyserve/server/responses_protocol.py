@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pyserve.server.protocol import Finite, TagId
+from pyserve.server.protocol import Finite, ProgramId
 from pyserve.server.tools import FunctionName, NamedFunction, NamedToolChoice, ToolDef
 
 
@@ -93,8 +93,8 @@ class ResponsesRequest(BaseModel):
     top_logprobs: int | None = None
     truncation: Literal["auto", "disabled"] | None = None
     priority: Finite = 0.0
-    program_id: TagId | None = None
-    session_id: TagId | None = None
+    program_id: ProgramId | None = None
+    session_id: ProgramId | None = None
 
 
 def unsupported(body: ResponsesRequest) -> str | None:
