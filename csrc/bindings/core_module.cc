@@ -269,8 +269,6 @@ void bind_programs(py::module_& m) {
       .def_property("max_programs", &ProgramTable::max_programs, &ProgramTable::set_max_programs)
       .def_property("ttl", &ProgramTable::ttl, &ProgramTable::set_ttl)
       .def_property_readonly("num_retired", &ProgramTable::num_retired)
-      .def("set_keep_expired", &ProgramTable::set_keep_expired, py::arg("keep"))
-      .def("take_expired", &ProgramTable::take_expired)
       .def("check", &ProgramTable::check)
       .def("mark_coming_back", &ProgramTable::mark_coming_back, py::arg("program_id"),
            "Marks a live program as coming back (its last call ended with a tool call); returns "

@@ -143,7 +143,6 @@ int ProgramTable::collect(double now) {
     std::string id = idle_.begin()->second->id;
     completed(*idle_.begin()->second);
     erase_live(id);
-    if (keep_expired_) expired_.push_back(std::move(id));
     ++n;
   }
   return n;
@@ -172,13 +171,6 @@ std::vector<std::string> ProgramTable::ids() const {
   std::vector<std::string> out;
   out.reserve(live_.size());
   for (const auto& [id, e] : live_) out.push_back(id);
-  return out;
-}
-
-std::vector<std::string> ProgramTable::take_expired() {
-  std::lock_guard<std::mutex> lock(mu_);
-  std::vector<std::string> out;
-  out.swap(expired_);
   return out;
 }
 

@@ -103,9 +103,6 @@ class ProgramTable {
   size_t max_programs() const { return max_programs_; }
   void set_max_programs(size_t n) { max_programs_ = n; }
   std::vector<std::string> ids() const;
-  /// With `keep`, collect() remembers the ids it removes until take_expired() hands them over.
-  void set_keep_expired(bool keep) { keep_expired_ = keep; }
-  std::vector<std::string> take_expired();
   /// Throws std::logic_error when the idle index disagrees with the entries.
   void check() const;
   /// Sizes (critical-path service) of the programs that completed: ended explicitly, untagged
@@ -127,14 +124,12 @@ class ProgramTable {
 
   double ttl_s_;
   size_t max_programs_;
-  bool keep_expired_ = false;
-  mutable std::mutex mu_;  // NOTE: guards live_, retired_, expired_ membership and service_
+  mutable std::mutex mu_;  // NOTE: guards live_, retired_ membership and service_
   ServiceDistribution service_;
   std::unordered_map<std::string, std::unique_ptr<ProgramEntry>> live_;
   // id -> retired generations with running calls, oldest first (usually zero or one).
   std::unordered_map<std::string, std::vector<std::unique_ptr<ProgramEntry>>> retired_;
   std::set<std::pair<double, const ProgramEntry*>> idle_;  // live entries without calls
-  std::vector<std::string> expired_;
 };
 
 }  // namespace pyserve
