@@ -123,9 +123,7 @@ void ProgramPolicy::finish(const std::string& request_id) {
   if (r.tagged()) {
     programs_->call_finished(*r.program, r.service, r.total_wait, now_);
   } else {
-    r.solo.service += r.service;
-    r.solo.last_completion = now_;
-    programs_->solo_completed(r.solo);  // its size is learned, as natively
+    programs_->solo_finished(r.solo, r.service, r.total_wait, now_);
   }
   r.program = nullptr;
   calls_.erase(it);

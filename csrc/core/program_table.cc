@@ -155,7 +155,12 @@ size_t ProgramTable::num_retired() const {
   return n;
 }
 
-void ProgramTable::solo_completed(const ProgramEntry& e) {
+void ProgramTable::solo_finished(ProgramEntry& e, double call_service, double call_wait,
+                                 double now) {
+  e.service += call_service;
+  e.wait += call_wait;
+  e.active_calls = 0;
+  e.last_completion = now;
   std::lock_guard<std::mutex> lock(mu_);
   completed(e);
 }

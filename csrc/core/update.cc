@@ -79,11 +79,7 @@ void Scheduler::finish(Request& r, FinishReason reason) {
   if (r.tagged()) {
     programs_->call_finished(*r.program, r.service, r.total_wait, now_);
   } else {
-    r.solo.service += r.service;
-    r.solo.wait += r.total_wait;
-    r.solo.active_calls = 0;
-    r.solo.last_completion = now_;
-    programs_->solo_completed(r.solo);
+    programs_->solo_finished(r.solo, r.service, r.total_wait, now_);
   }
   r.program = nullptr;
   ids_.erase(r.spec.request_id);

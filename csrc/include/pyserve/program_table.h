@@ -109,8 +109,9 @@ class ProgramTable {
   /// calls that finished, or idle programs collected by TTL (gittins learns from it).
   const ServiceDistribution& service() const { return service_; }
   ServiceDistribution& service() { return service_; }
-  /// An untagged call's one-call program (kept out of the table) completed: its size is learned.
-  void solo_completed(const ProgramEntry& e);
+  /// An untagged call finished: its one-call program `e` (kept out of the table) takes the
+  /// call's service and wait, and its size is learned, as call_finished does for tagged calls.
+  void solo_finished(ProgramEntry& e, double call_service, double call_wait, double now);
 
  private:
   // NOTE: create, erase_live and completed run with mu_ held.
