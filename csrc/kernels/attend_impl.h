@@ -142,17 +142,21 @@ inline void prefetch_block(const T* k, int32_t n, int32_t d, int64_t stride, int
 }
 
 // kD > 0: the head dim as a compile-time constant (fully unrolled inner loops); 0: runtime.
+// The item's kv heads [kv_head, kv_head_end) are walked inside the block loop, so a decode
+// item that owns every head reads each cache block front to back, once.
 template <typename T, int32_t kD>
 void attend(const PagedAttentionArgs& a, const AttendItem& it, float* scratch) {
   const int32_t d = kD > 0 ? kD : a.head_dim;
   const int32_t bs = a.block_size, hq = a.num_q_heads, hkv = a.num_kv_heads;
   const int32_t g = hq / hkv;
-  const int32_t m = (it.row_end - it.row_begin) * g;
+  const int32_t nh = it.kv_head_end - it.kv_head;
+  const int32_t m = (it.row_end - it.row_begin) * g;  // query vectors per kv head
+  const int32_t mt = m * nh;                          // query vectors of the item
   State s{scratch,
-          scratch + int64_t(m) * d,
-          scratch + 2 * int64_t(m) * d,
-          scratch + 2 * int64_t(m) * d + m,
-          scratch + 2 * int64_t(m) * d + 2 * m,
+          scratch + int64_t(mt) * d,
+          scratch + 2 * int64_t(mt) * d,
+          scratch + 2 * int64_t(mt) * d + mt,
+          scratch + 2 * int64_t(mt) * d + 2 * mt,
           nullptr,
           nullptr};
   s.kf = s.scores + bs;
@@ -163,16 +167,18 @@ void attend(const PagedAttentionArgs& a, const AttendItem& it, float* scratch) {
   const int32_t seq_len = a.seq_lens[it.seq];
   const int32_t first_pos = seq_len - q_len;
   const T* q = static_cast<const T*>(a.q);
-  for (int32_t i = 0; i < m; ++i) {
+  // NOTE: query vector index: (head - kv_head) * m + i, i = row offset * g + head-in-group.
+  for (int32_t x = 0; x < mt; ++x) {
+    const int32_t h = it.kv_head + x / m, i = x % m;
     const int64_t row = q0 + it.row_begin + i / g;
-    const T* src = q + (row * hq + int64_t(it.kv_head) * g + i % g) * d;
-    float* dst = s.q + int64_t(i) * d;
+    const T* src = q + (row * hq + int64_t(h) * g + i % g) * d;
+    float* dst = s.q + int64_t(x) * d;
 #pragma omp simd
     for (int32_t c = 0; c < d; ++c) dst[c] = load(src[c]) * a.scale;
 #pragma omp simd
-    for (int32_t c = 0; c < d; ++c) s.acc[int64_t(i) * d + c] = 0.0f;
-    s.mx[i] = -__builtin_inff();
-    s.sum[i] = 0.0f;
+    for (int32_t c = 0; c < d; ++c) s.acc[int64_t(x) * d + c] = 0.0f;
+    s.mx[x] = -__builtin_inff();
+    s.sum[x] = 0.0f;
   }
 
   const int64_t tok_stride = int64_t(hkv) * d;
@@ -182,27 +188,31 @@ void attend(const PagedAttentionArgs& a, const AttendItem& it, float* scratch) {
   for (int32_t b = 0; b <= last_pos / bs; ++b) {
     const int32_t t0 = b * bs;
     const int32_t n = min_i32(bs, seq_len - t0);
-    const T* kb = kv + int64_t(blocks[b]) * 2 * bs * tok_stride + int64_t(it.kv_head) * d;
-    const T* vb = kb + bs * tok_stride;
+    const T* block = kv + int64_t(blocks[b]) * 2 * bs * tok_stride;
     if (b < last_pos / bs) {
       const T* next = kv + int64_t(blocks[b + 1]) * 2 * bs * tok_stride + int64_t(it.kv_head) * d;
-      prefetch_block(next, min_i32(bs, seq_len - t0 - bs), d, tok_stride, bs * tok_stride);
+      prefetch_block(next, min_i32(bs, seq_len - t0 - bs), d * nh, tok_stride, bs * tok_stride);
     }
-    const float* k = rows_f32(kb, s.kf, n, d, tok_stride);
-    const float* v = rows_f32(vb, s.vf, n, d, tok_stride);
-    const int64_t ks = sizeof(T) == sizeof(float) ? tok_stride : d;  // see rows_f32
-    for (int32_t i = 0; i < m; ++i) {
-      const int32_t nv = min_i32(n, first_pos + it.row_begin + i / g + 1 - t0);
-      if (nv > 0) fold_block(s, i, d, k, v, ks, nv);
+    for (int32_t h = it.kv_head; h < it.kv_head_end; ++h) {
+      const T* kb = block + int64_t(h) * d;
+      const float* k = rows_f32(kb, s.kf, n, d, tok_stride);
+      const float* v = rows_f32(kb + bs * tok_stride, s.vf, n, d, tok_stride);
+      const int64_t ks = sizeof(T) == sizeof(float) ? tok_stride : d;  // see rows_f32
+      const int32_t base = (h - it.kv_head) * m;
+      for (int32_t i = 0; i < m; ++i) {
+        const int32_t nv = min_i32(n, first_pos + it.row_begin + i / g + 1 - t0);
+        if (nv > 0) fold_block(s, base + i, d, k, v, ks, nv);
+      }
     }
   }
 
   T* out = static_cast<T*>(a.out);
-  for (int32_t i = 0; i < m; ++i) {
+  for (int32_t x = 0; x < mt; ++x) {
+    const int32_t h = it.kv_head + x / m, i = x % m;
     const int64_t row = q0 + it.row_begin + i / g;
-    T* dst = out + (row * hq + int64_t(it.kv_head) * g + i % g) * d;
-    const float inv = 1.0f / s.sum[i];
-    for (int32_t c = 0; c < d; ++c) store(dst + c, s.acc[int64_t(i) * d + c] * inv);
+    T* dst = out + (row * hq + int64_t(h) * g + i % g) * d;
+    const float inv = 1.0f / s.sum[x];
+    for (int32_t c = 0; c < d; ++c) store(dst + c, s.acc[int64_t(x) * d + c] * inv);
   }
 }
 

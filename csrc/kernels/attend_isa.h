@@ -8,18 +8,20 @@
 namespace pyserve::kernels {
 
 // One unit of parallel work: query rows [row_begin, row_end) of sequence `seq` for the query
-// heads that share kv head `kv_head`.
+// heads that share kv heads [kv_head, kv_head_end).
 struct AttendItem {
   int32_t seq;
   int32_t kv_head;
+  int32_t kv_head_end;
   int32_t row_begin;
   int32_t row_end;
 };
 
-// Floats of scratch one item needs (rows = row_end - row_begin). NOTE: static (internal
-// linkage), so no per-ISA copy can stand in for another TU's.
-static inline int64_t attend_scratch_floats(const PagedAttentionArgs& a, int32_t rows) {
-  const int64_t m = int64_t(rows) * (a.num_q_heads / a.num_kv_heads);
+// Floats of scratch one item of `rows` query rows over `heads` kv heads needs. NOTE: static
+// (internal linkage), so no per-ISA copy can stand in for another TU's.
+static inline int64_t attend_scratch_floats(const PagedAttentionArgs& a, int32_t rows,
+                                            int32_t heads) {
+  const int64_t m = int64_t(rows) * (a.num_q_heads / a.num_kv_heads) * heads;
   return 2 * m * a.head_dim + 2 * m + a.block_size + 2 * int64_t(a.block_size) * a.head_dim;
 }
 

@@ -1,6 +1,7 @@
 // Validation, work split, ISA dispatch and the KV write of the CPU paged attention.
 #include "paged_attention.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <stdexcept>
@@ -17,6 +18,8 @@ namespace {
 // Query rows per work item of a prefill chunk: enough items to spread one long prefill over
 // the threads, few enough that each K/V block is reused by many queries.
 constexpr int32_t kTileRows = 16;
+// Sequences with at most this many query rows (decodes) are one item over every kv head.
+constexpr int32_t kWholeSeqRows = 4;
 // Below this many multiply-adds a call runs on the calling thread (waking workers costs more).
 constexpr int64_t kMinParallelWork = int64_t(1) << 16;
 
@@ -108,9 +111,13 @@ std::vector<AttendItem> make_items(const PagedAttentionArgs& a, int64_t* work) {
   for (int64_t s = a.num_seqs - 1; s >= 0; --s) {
     const int32_t q_len = a.qo_indptr[s + 1] - a.qo_indptr[s];
     *work += int64_t(q_len) * a.seq_lens[s] * a.num_q_heads * a.head_dim;
+    if (q_len <= kWholeSeqRows) {  // a decode: one item reads each block once, all heads
+      items.push_back({int32_t(s), 0, a.num_kv_heads, 0, q_len});
+      continue;
+    }
     for (int32_t r = 0; r < q_len; r += kTileRows) {
       const int32_t end = r + kTileRows < q_len ? r + kTileRows : q_len;
-      for (int32_t h = 0; h < a.num_kv_heads; ++h) items.push_back({int32_t(s), h, r, end});
+      for (int32_t h = 0; h < a.num_kv_heads; ++h) items.push_back({int32_t(s), h, h + 1, r, end});
     }
   }
   return items;
@@ -136,7 +143,8 @@ void paged_attention(const PagedAttentionArgs& a, int num_threads) {
   const std::vector<AttendItem> items = make_items(a, &work);
   if (items.empty()) return;
   const AttendFn fn = attend_fn(a.dtype);
-  const int64_t scratch = attend_scratch_floats(a, kTileRows);
+  const int64_t scratch = std::max(attend_scratch_floats(a, kTileRows, 1),
+                                   attend_scratch_floats(a, kWholeSeqRows, a.num_kv_heads));
   auto body = [&](int64_t i) {
     // NOTE: per-thread scratch, grown on demand and kept for later calls.
     thread_local std::vector<float> buf;
