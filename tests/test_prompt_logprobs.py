@@ -10,6 +10,7 @@ import torch
 from conftest import tiny_async_engine, wait_server_idle
 
 from pyserve import LLM, SamplingParams
+from pyserve.engine import prompt_logprobs
 from pyserve.model.loader import resolve_model_path
 from pyserve.server.app import build_app
 from pyserve.server.runner import ServerThread
@@ -36,8 +37,10 @@ def hf_logprobs():
     return run
 
 
-def test_offline_prompt_logprobs_match_transformers_across_chunks(hf_logprobs):
-    # NOTE: 16 tokens per step splits each prompt's prefill over several steps.
+def test_offline_prompt_logprobs_match_transformers_across_chunks(hf_logprobs, monkeypatch):
+    # NOTE: 16 tokens per step splits each prompt's prefill over several steps, and each step's
+    # rows are scored 5 at a time (several logits slices per step).
+    monkeypatch.setattr(prompt_logprobs, "SCORE_ROWS", 5)
     llm = LLM(MODEL, max_num_batched_tokens=16, block_size=4, kv_cache_bytes=8 << 20)
     ids = llm.tokenizer.encode(PROMPT)
     assert len(ids) > 32

@@ -52,7 +52,7 @@ class ModelRunner:
         hidden = self.model(ids, meta.positions, self.attn)
         logits = self.model.compute_logits(hidden.index_select(0, rows)) if batch else None
         if prompt_rows is not None:
-            prompt_rows.score(self.model.compute_logits(hidden.index_select(0, prompt_rows.rows)))
+            prompt_rows.score(lambda r: self.model.compute_logits(hidden.index_select(0, r)))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.last_forward_s = time.perf_counter() - t0

@@ -15,10 +15,13 @@ positions were filled by the first pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+SCORE_ROWS = 256  # prompt rows scored per logits slice
 
 
 @dataclass
@@ -63,14 +66,20 @@ class PromptRows:
     top_ids: np.ndarray | None = None
     top_logprobs: np.ndarray | None = None
 
-    def score(self, logits: torch.Tensor) -> None:
-        """Fills the results from the rows' raw logits ``[R, V]`` (float32)."""
-        lps = logits.float().log_softmax(dim=1)
-        target = lps.gather(1, self.targets[:, None])
-        self.logprobs = target[:, 0].cpu().numpy()
-        self.ranks = ((lps > target).sum(dim=1) + 1).cpu().numpy()
-        top = lps.topk(min(self.k, lps.shape[1]), dim=1)
-        self.top_ids, self.top_logprobs = top.indices.cpu().numpy(), top.values.cpu().numpy()
+    def score(self, logits_of: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Fills the results; ``logits_of(rows)`` gives those rows' raw logits ``[r, V]``.
+
+        NOTE: rows are scored ``SCORE_ROWS`` at a time, so a long prefill chunk never holds a
+        ``[chunk, V]`` float32 logits tensor (1 GiB for 2048 rows of a 128k vocabulary)."""
+        parts = []
+        for start in range(0, self.rows.shape[0], SCORE_ROWS):
+            sl = slice(start, start + SCORE_ROWS)
+            lps = logits_of(self.rows[sl]).float().log_softmax(dim=1)
+            target = lps.gather(1, self.targets[sl, None])
+            top = lps.topk(min(self.k, lps.shape[1]), dim=1)
+            parts.append((target[:, 0], (lps > target).sum(dim=1) + 1, top.indices, top.values))
+        self.logprobs, self.ranks, self.top_ids, self.top_logprobs = (
+            torch.cat(col).cpu().numpy() for col in zip(*parts))
 
 
 @dataclass
