@@ -18,6 +18,9 @@ class SamplingParams:
     filters. ``repetition_penalty`` applies to prompt and output tokens; ``presence_penalty`` and
     ``frequency_penalty`` to output tokens only (OpenAI semantics). ``logprobs`` asks for that many
     top alternatives per token (the sampled token's logprob is always returned when it is set).
+    ``prompt_logprobs`` asks for the logprob of every prompt token (and that many top
+    alternatives per position) under the raw model distribution; such a request does not read
+    the prefix cache, so every prompt position is computed (see ``RequestOutput.prompt_logprobs``).
     ``stop`` strings end generation (not included in the text unless
     ``include_stop_str_in_output``); ``stop_token_ids`` end it too; ``ignore_eos`` keeps going
     past EOS. ``seed`` makes the request's samples independent of what else is batched with it.
@@ -41,6 +44,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] | list[int] | None = field(default=())
     ignore_eos: bool = False
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     structured_outputs: StructuredOutputsParams | None = None
@@ -70,10 +74,12 @@ class SamplingParams:
             )
         if self.seed is not None:
             _check_int("seed", self.seed, low=0, high=2**63 - 1)
-        if self.logprobs is not None:
-            _check_int("logprobs", self.logprobs, low=0)
-            if self.logprobs > MAX_LOGPROBS:
-                raise ValueError(f"logprobs must be at most {MAX_LOGPROBS}, got {self.logprobs}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_int(name, value, low=0)
+                if value > MAX_LOGPROBS:
+                    raise ValueError(f"{name} must be at most {MAX_LOGPROBS}, got {value}")
 
     def _validate_filters(self) -> None:
         _check_float("temperature", self.temperature)

@@ -106,7 +106,7 @@ def test_bad_requests(real):
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model=MODEL, input="x", previous_response_id="resp_nope")
     for body, param in (
-        ({"input": "x", "text": {"format": {"type": "json_object"}}}, "text.format"),
+        ({"input": "x", "text": {"format": {"type": "json_schema"}}}, "text.format.name"),
         ({"input": [{"type": "function_call_output", "call_id": "c9", "output": "x"}]},
          "messages.0.tool_call_id"),
         ({"input": []}, "input"),

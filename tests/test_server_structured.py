@@ -137,3 +137,46 @@ def test_min_tokens_with_response_format_is_400(server):
         "response_format": {"type": "json_object"}})  # fmt: skip
     assert r.status_code == 400 and "min_tokens" in r.json()["error"]["message"]
     wait_server_idle(server.url, 30)
+
+
+def test_responses_text_format(server, client):
+    fmt = {"type": "json_schema", "name": "pet", "schema": SCHEMA, "strict": True}
+    for _ in range(4):  # NOTE: the Responses API has no seed: each call samples afresh
+        r = client.responses.create(model=MODEL, input="Describe a pet.", max_output_tokens=128,
+                                    text={"format": fmt})  # fmt: skip
+        assert r.status == "completed" and r.text.format.type == "json_schema"
+        jsonschema.validate(json.loads(r.output_text), SCHEMA)
+    parsed = client.responses.parse(model=MODEL, input="Describe a pet.", text_format=Pet,
+                                    max_output_tokens=128)  # fmt: skip
+    assert isinstance(parsed.output_parsed, Pet)
+    events = list(client.responses.create(model=MODEL, input="Any JSON.", max_output_tokens=48,
+                                          text={"format": {"type": "json_object"}},
+                                          stream=True))  # fmt: skip
+    done = events[-1].response
+    if done.status == "completed":
+        assert isinstance(json.loads(done.output_text), dict)
+    else:
+        assert done.output_text.startswith("{")
+    wait_server_idle(server.url, 30)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "param"),
+    [
+        ({"type": "json_schema", "schema": SCHEMA}, "text.format.name"),
+        ({"type": "json_schema", "name": "p", "schema": {"type": "objekt"}},
+         "text.format.schema.type"),
+        ({"type": "yaml"}, "text.format.type"),
+    ],
+)  # fmt: skip
+def test_bad_text_format_is_400_naming_the_field(server, fmt, param):
+    r = httpx.post(server.url + "/v1/responses", json={"model": MODEL, "input": "x",
+                                                       "text": {"format": fmt}})  # fmt: skip
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param, r.json()
+    tools = [{"type": "function", "name": "f", "parameters": {"type": "object"}}]
+    r = httpx.post(server.url + "/v1/responses", json={
+        "model": MODEL, "input": "x", "tools": tools, "tool_choice": "required",
+        "text": {"format": {"type": "json_object"}}})  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["param"] == "text.format", r.text
+    wait_server_idle(server.url, 30)

@@ -190,9 +190,6 @@ def test_model_card_tokenize_detokenize(real):
     assert back == {"prompt": "The scheduler"}
     assert httpx.post(srv.url + "/detokenize", json={"tokens": [10**6]}).status_code == 400
     assert httpx.post(srv.url + "/tokenize", json={}).status_code == 400
-    r = httpx.post(srv.url + "/v1/completions", json={"model": MODEL, "prompt": "a", "echo": True,
-                                                      "logprobs": 1})  # fmt: skip
-    assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"
 
 
 def test_async_engine_marks_coming_back(real, engine):

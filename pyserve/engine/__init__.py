@@ -4,10 +4,16 @@ from pyserve.engine.engine import Engine, expand_n
 from pyserve.engine.llm import LLM
 from pyserve.engine.messages import Abort, AddCall, CallSpec, ProgramOp
 from pyserve.engine.output_processor import OutputProcessor
-from pyserve.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
+from pyserve.engine.outputs import (
+    CompletionOutput,
+    Logprob,
+    RequestMetrics,
+    RequestOutput,
+    TokenLogprob,
+)
 from pyserve.engine.programs import Program
 from pyserve.engine.report import StepReport
 
 __all__ = ["LLM", "Abort", "AddCall", "CallSpec", "CompletionOutput", "Engine",
            "OutputProcessor", "Program", "ProgramOp", "RequestMetrics", "RequestOutput",
-           "StepReport", "TokenLogprob", "expand_n"]  # fmt: skip
+           "StepReport", "TokenLogprob", "Logprob", "expand_n"]  # fmt: skip

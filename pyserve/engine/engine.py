@@ -25,6 +25,7 @@ from pyserve.engine.components import (
 )
 from pyserve.engine.messages import Abort, AddCall, Admitted, CallSpec, Message, ProgramOp
 from pyserve.engine.model_runner import ModelRunner
+from pyserve.engine.prompt_logprobs import PromptLogprobTracker
 from pyserve.engine.report import StepReport
 from pyserve.engine.slot_sampling import SlotSampling
 from pyserve.model.loader import load_model, parse_dtype
@@ -80,6 +81,7 @@ class Engine:
 
             self.ranker = Ranker.load(config.scheduler.ltr_model)
         self.structured: StructuredOutputManager | None = None  # built by the first constraint
+        self._prompt_lps = PromptLogprobTracker(self.device)
         self._t0 = time.monotonic()
 
     # -- messages ------------------------------------------------------------------------------
@@ -118,6 +120,9 @@ class Engine:
             grammar = self._structured().compile(p.structured_outputs)
         score = spec.ltr_score if spec.ltr_score is not None else self.score_prompt(text, ids)
         max_tokens = p.max_tokens if p.max_tokens is not None else self.max_model_len - len(ids)
+        # NOTE: a salt of its own keeps a prompt-logprobs call off the prefix cache (every prompt
+        # position must be computed); its blocks are cached under that salt only.
+        salt = "" if p.prompt_logprobs is None else f"\x00prompt-logprobs\x00{spec.request_id}"
         now = self.now()
         self._core.advance_clock(now)
         try:
@@ -125,13 +130,16 @@ class Engine:
                 spec.request_id, np.asarray(ids, dtype=np.int32), max_tokens=max_tokens,
                 min_tokens=p.min_tokens, ignore_eos=p.ignore_eos,
                 stop_token_ids=list(p.stop_token_ids or ()), priority=float(spec.priority),
-                arrival_time=now, program_id=spec.program_id or "", ltr_score=float(score),
+                arrival_time=now, cache_salt=salt, program_id=spec.program_id or "",
+                ltr_score=float(score),
                 remaining_hint=float(spec.remaining_hint),
                 program_remaining_hint=float(spec.program_remaining_hint),
             )  # fmt: skip
         except (TypeError, OverflowError) as exc:  # argument conversion in the bindings
             raise ValueError(f"invalid request {spec.request_id!r}: {exc}") from None
         self._slots.add(sid, p, ids)
+        if p.prompt_logprobs is not None:
+            self._prompt_lps.add(sid, spec.request_id, ids, p.prompt_logprobs)
         if grammar is not None:
             self.structured.add(sid, grammar)
         if sid >= self._rid.shape[0]:
@@ -166,6 +174,7 @@ class Engine:
     def _release(self, sid: int) -> None:
         """Drops a finished sequence's per-slot state (sampling row, grammar matcher)."""
         self._slots.finish(sid)
+        self._prompt_lps.remove(sid)
         if self.structured is not None:
             self.structured.remove(sid)
 
@@ -244,7 +253,10 @@ class Engine:
         structured = self.structured is not None and batch is not None
         # NOTE: structured rows' masks are filled on a worker thread while the model runs.
         mask = self.structured.fill_async(rows) if structured else None
-        out = self.runner.execute(plan, batch, mask)
+        prompt_rows = self._prompt_lps.rows(plan) if self._prompt_lps else None
+        out = self.runner.execute(plan, batch, mask, prompt_rows)
+        # NOTE: recorded before update() can release a request that finished this step.
+        prompt_done = self._prompt_lps.record(prompt_rows) if prompt_rows is not None else []
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
@@ -254,6 +266,7 @@ class Engine:
         ended = self.structured.accept(rows, tokens) if structured else []
         t3 = time.perf_counter()
         report = self._report(rep, out)
+        report.prompt_logprobs = prompt_done
         for sid in ended:  # their grammar admits nothing more: finished as `stop`
             rid = self._rid[sid]
             done = self._finish(rid, "stop") if self._core.find(rid) == sid else None

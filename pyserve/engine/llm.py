@@ -135,7 +135,7 @@ def _group(request_id: str, outs: list[RequestOutput]) -> RequestOutput:
     first = outs[0]
     return RequestOutput(request_id, first.prompt, first.prompt_token_ids,
                          [c for o in outs for c in o.outputs], True, first.num_cached_tokens,
-                         first.metrics)  # fmt: skip
+                         first.metrics, first.prompt_logprobs)  # fmt: skip
 
 
 def _broadcast(value, n: int, name: str) -> list:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from pyserve.attention.base import build_attention_metadata
+from pyserve.engine.prompt_logprobs import PromptRows
 from pyserve.model.sampler import Sampler, SamplerOutput, SamplingBatch
 
 
@@ -33,11 +34,13 @@ class ModelRunner:
         plan,
         batch: SamplingBatch | None,
         token_bitmask: torch.Tensor | Future | None = None,
+        prompt_rows: PromptRows | None = None,
     ) -> SamplerOutput | None:
         """Runs one step; returns the sampled rows (None when the plan samples nothing).
 
         ``token_bitmask`` (structured outputs) may be a Future: it is resolved after the forward,
-        so a mask filled on another thread overlaps the model."""
+        so a mask filled on another thread overlaps the model. ``prompt_rows`` (prompt logprobs)
+        get their results written into them from the raw logits of their rows."""
         self.cache.apply(swap_out=plan.swap_out, swap_in=plan.swap_in, copy=plan.copy)
         if plan.num_tokens == 0:
             return None
@@ -48,6 +51,8 @@ class ModelRunner:
         t0 = time.perf_counter()
         hidden = self.model(ids, meta.positions, self.attn)
         logits = self.model.compute_logits(hidden.index_select(0, rows)) if batch else None
+        if prompt_rows is not None:
+            prompt_rows.score(lambda r: self.model.compute_logits(hidden.index_select(0, r)))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.last_forward_s = time.perf_counter() - t0

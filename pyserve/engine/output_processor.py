@@ -43,6 +43,10 @@ class OutputProcessor:
             if st is not None:
                 st.metrics.first_scheduled_time = report.start_time
                 st.num_cached_tokens = int(cached)
+        for rid, arrays in report.prompt_logprobs:
+            st = states.get(rid)
+            if st is not None:
+                st.set_prompt_logprobs(arrays)
         touched: dict[str, RequestState] = {}
         stopped: list[str] = []
         toks = report.token_ids.tolist()

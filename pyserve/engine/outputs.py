@@ -49,6 +49,19 @@ class TokenLogprob:
 
 
 @dataclass
+class Logprob:
+    """A prompt token's logprob (vLLM's ``Logprob``): ``rank`` is 1-based (1 = the most likely
+    token), ``decoded_token`` the token's text alone."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+PromptLogprobs = list[dict[int, Logprob] | None]
+
+
+@dataclass
 class CompletionOutput:
     """One generated sequence (vLLM's ``CompletionOutput``).
 
@@ -75,7 +88,13 @@ class CompletionOutput:
 class RequestOutput:
     """One request's outputs (vLLM's ``RequestOutput``): ``outputs`` holds one
     :class:`CompletionOutput` per choice (``n`` of them from ``LLM.generate``; one per streamed
-    sequence from an engine client)."""
+    sequence from an engine client).
+
+    ``prompt_logprobs`` (when ``SamplingParams.prompt_logprobs`` is set; vLLM's shape): one entry
+    per prompt token, None for the first, else a dict token id -> :class:`Logprob` holding the
+    prompt token and the top ``prompt_logprobs`` alternatives. A streamed sequence carries it
+    from its first output on.
+    """
 
     request_id: str
     prompt: str | None
@@ -84,6 +103,7 @@ class RequestOutput:
     finished: bool = False
     num_cached_tokens: int = 0
     metrics: RequestMetrics | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
     # NOTE: a streamed sequence has exactly one output; these read it (engine clients, server).
     @property

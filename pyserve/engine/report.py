@@ -32,6 +32,8 @@ class StepReport:
     num_tokens: int = 0
     kv_free_blocks: int = 0
     kv_total_blocks: int = 0
+    # (request id, PromptLogprobArrays) of the requests whose prompt logprobs completed this step
+    prompt_logprobs: list = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # schedule/execute/update seconds
 
     @property

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from pyserve.engine.messages import Admitted
-from pyserve.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
+from pyserve.engine.outputs import (
+    CompletionOutput,
+    Logprob,
+    PromptLogprobs,
+    RequestMetrics,
+    RequestOutput,
+    TokenLogprob,
+)
 from pyserve.model.tokenizer import IncrementalDetokenizer, StopStringMatcher
 
 
@@ -36,6 +43,9 @@ class RequestState:
         self.finish_reason: str | None = None
         self.stopped = False  # a stop string matched; the core is being told
         self.num_cached_tokens = 0
+        # NOTE: a 1-token prompt has no position to score: complete at once
+        self.prompt_logprobs: PromptLogprobs | None = (
+            [None] if params.prompt_logprobs is not None and len(self.prompt_ids) == 1 else None)
         self._delta_text = ""
         self._delta_start = 0  # index into output_ids of the first undelivered token
 
@@ -59,6 +69,26 @@ class RequestState:
         emit, self.stopped = self.stops.process(delta)
         self._emit(emit)
         return self.stopped
+
+    def set_prompt_logprobs(self, arrays) -> None:
+        """Builds vLLM-shaped prompt logprobs from the engine's ``PromptLogprobArrays``."""
+        ids = arrays.token_ids.tolist()
+        lps, ranks = arrays.logprobs.tolist(), arrays.ranks.tolist()
+        top_ids, top_lps = arrays.top_ids.tolist(), arrays.top_logprobs.tolist()
+        text: dict[int, str] = {}
+
+        def decoded(t: int) -> str:
+            if t not in text:
+                text[t] = self.tokenizer.decode([t], skip_special_tokens=False)
+            return text[t]
+
+        out: PromptLogprobs = [None]
+        for p in range(1, len(ids)):
+            entry = {ids[p]: Logprob(lps[p], ranks[p], decoded(ids[p]))}
+            for r, (t, v) in enumerate(zip(top_ids[p], top_lps[p]), start=1):
+                entry.setdefault(t, Logprob(v, r, decoded(t)))
+            out.append(entry)
+        self.prompt_logprobs = out
 
     def finish(self, done, now: float) -> None:
         """The core released the request (``done``: its ``_core.FinishedCall``; any reason,
@@ -92,4 +122,5 @@ class RequestState:
                                     ids)  # fmt: skip
         self._delta_text, self._delta_start = "", len(self.output_ids)
         return RequestOutput(self.request_id, self.prompt, self.prompt_ids, [comp], finished,
-                             self.num_cached_tokens, self.metrics)  # fmt: skip
+                             self.num_cached_tokens, self.metrics,
+                             self.prompt_logprobs)  # fmt: skip

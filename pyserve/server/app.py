@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from pyserve._core import ProgramTableFull
 from pyserve.engine.client import EngineClient
 from pyserve.server.chat_api import add_chat_routes
-from pyserve.server.errors import OpenAIError, bad_request, install_error_handlers
+from pyserve.server.errors import OpenAIError, install_error_handlers
 from pyserve.server.messages_api import add_messages_routes
 from pyserve.server.metrics import CONTENT_TYPE
 from pyserve.server.middleware import (
@@ -166,22 +166,24 @@ def _add_generation_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/completions", response_model=CompletionResponse)
     async def completions(body: CompletionRequest, request: Request):
         state.check_model(body.model)
-        if body.echo and body.logprobs is not None:
-            raise bad_request("echo with logprobs needs prompt logprobs, which this engine does "
-                              "not compute; send echo or logprobs, not both", param="logprobs")
         prompts = await state.prompts.completion_prompts(body.prompt)
         # NOTE: echo text is decoded lazily, once the engine has validated the prompt ids.
         echo = _EchoText(state.client.tokenizer, prompts) if body.echo else None
-        job = await make_job(state, body, request, "cmpl", prompts, body.max_tokens, body.logprobs)
+        # echo + logprobs: the engine scores the prompt tokens too (prompt logprobs)
+        prompt_k = body.logprobs if body.echo else None
+        overrides = {"prompt_logprobs": prompt_k} if prompt_k is not None else None
+        job = await make_job(state, body, request, "cmpl", prompts, body.max_tokens, body.logprobs,
+                             overrides)  # fmt: skip
 
         def chunk(index: int, out, first: bool):
             head = echo[index // job.n] if echo and first else ""
-            return completion_chunk(job, body.model, 0, index, out, state.token_text, head)
+            return completion_chunk(job, body.model, 0, index, out, state.token_text, head,
+                                    prompt_k)  # fmt: skip
 
         async def full():
             outs = await job.collect()
             return await json_response(completion_json, job, body.model, outs, echo,
-                                       state.token_text)  # fmt: skip
+                                       state.token_text, prompt_k)  # fmt: skip
 
         return await answer(state, job, request, body, full, chunk, "text_completion")
 

@@ -37,6 +37,39 @@ class ResponseFormat(BaseModel):
     json_schema: JSONSchemaSpec | None = None
 
 
+class TextFormat(BaseModel):
+    """The Responses API's ``text.format``: ``response_format`` flattened (``name``, ``schema``,
+    ``strict`` and ``description`` sit next to ``type``)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] | bool | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+    def dump(self) -> dict:
+        """The format as a response echoes it."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+def text_format_outputs(fmt: TextFormat | None) -> StructuredOutputsParams | None:
+    """The constraint of a Responses request's ``text.format`` (None for ``text``); the same
+    grammar path as ``response_format``, with 400s naming ``text.format...``."""
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_schema" and fmt.name is None:
+        raise bad_request("text.format of type json_schema needs a name", param="text.format.name")
+    try:
+        if fmt.type == "json_object":
+            return StructuredOutputsParams(json_object=True, param="text.format")
+        schema = {} if fmt.schema_ is None else fmt.schema_  # NOTE: absent: any JSON value
+        return StructuredOutputsParams(json=schema, disable_additional_properties=bool(fmt.strict),
+                                       param="text.format.schema")  # fmt: skip
+    except StructuredOutputError as exc:
+        raise bad_request(str(exc), param=exc.param) from None
+
+
 def structured_outputs(rf: ResponseFormat | None) -> StructuredOutputsParams | None:
     """The constraint of a request's ``response_format`` (None for ``text``); 400 if bad."""
     if rf is None or rf.type == "text":

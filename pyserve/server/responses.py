@@ -89,16 +89,44 @@ def completion_logprobs(lps: Sequence[TokenLogprob], text: TokenText, offset: in
     return res
 
 
+def prompt_logprobs_lists(out: RequestOutput, k: int, text: TokenText) -> CompletionLogprobs:
+    """The prompt part of echoed legacy logprobs: every prompt token, None as the first token's
+    logprob and alternatives, the ``k`` most likely alternatives (rank <= k) for the rest."""
+    res = CompletionLogprobs()
+    offset = 0
+    for token_id, entry in zip(out.prompt_token_ids, out.prompt_logprobs or ()):
+        tok = text(token_id)
+        res.tokens.append(tok)
+        res.text_offset.append(offset)
+        offset += len(tok)
+        if entry is None:
+            res.token_logprobs.append(None)
+            res.top_logprobs.append(None)
+            continue
+        res.token_logprobs.append(finite_logprob(entry[token_id].logprob))
+        top: dict[str, float] = {}
+        for t, lp in sorted(entry.items(), key=lambda item: item[1].rank):
+            if lp.rank <= k:  # NOTE: two tokens may read alike; the likelier one keeps the key
+                top.setdefault(text(t), finite_logprob(lp.logprob))
+        res.top_logprobs.append(top)
+    return res
+
+
 def completion_chunk(job: Job, model: str, created: int, index: int, out: RequestOutput,
-                     text: TokenText, head: str = "") -> dict | None:  # fmt: skip
-    """One stream chunk for one output (None when it adds nothing visible)."""
+                     text: TokenText, head: str = "", prompt_k: int | None = None
+                     ) -> dict | None:  # fmt: skip
+    """One stream chunk for one output (None when it adds nothing visible). ``head`` is the
+    echoed prompt (first chunk of a choice); with ``prompt_k`` its logprobs lead the chunk's."""
     delta = head + out.delta_text
     reason = _finish_reason(out)
     if not delta and reason is None and not out.delta_token_ids:
         return None
     lps = None
     if out.logprobs is not None and out.delta_token_ids:
-        lps = completion_logprobs(out.logprobs[-len(out.delta_token_ids) :], text).model_dump()
+        res = completion_logprobs(out.logprobs[-len(out.delta_token_ids) :], text, len(head))
+        if head and prompt_k is not None:
+            res = join_logprobs(prompt_logprobs_lists(out, prompt_k, text), res)
+        lps = res.model_dump()
     choice = {"index": index, "text": delta, "logprobs": lps, "finish_reason": reason}
     return {"id": job.id, "object": "text_completion", "created": created, "model": model,
             "choices": [choice]}  # fmt: skip
@@ -218,8 +246,11 @@ def chat_json(job: Job, model: str, outs: list[RequestOutput], text: TokenText) 
             + "]}").encode()  # fmt: skip
 
 
-def _completion_lps_json(lps: Sequence[TokenLogprob], text: TokenText, offset: int) -> str:
+def _completion_lps_json(lps: Sequence[TokenLogprob], text: TokenText, offset: int,
+                         prompt: CompletionLogprobs | None = None) -> str:  # fmt: skip
     res = completion_logprobs(lps, text, offset)
+    if prompt is not None:
+        res = join_logprobs(prompt, res)
     fields = []
     for name in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
         items = ",".join(dumps(v) for v in getattr(res, name))
@@ -227,14 +258,25 @@ def _completion_lps_json(lps: Sequence[TokenLogprob], text: TokenText, offset: i
     return "{" + ",".join(fields) + "}"
 
 
+def join_logprobs(a: CompletionLogprobs, b: CompletionLogprobs) -> CompletionLogprobs:
+    """``a``'s entries followed by ``b``'s (echoed prompt, then the completion)."""
+    return CompletionLogprobs(tokens=a.tokens + b.tokens,
+                              token_logprobs=a.token_logprobs + b.token_logprobs,
+                              top_logprobs=a.top_logprobs + b.top_logprobs,
+                              text_offset=a.text_offset + b.text_offset)  # fmt: skip
+
+
 def completion_json(job: Job, model: str, outs: list[RequestOutput], echo: Sequence[str] | None,
-                    text: TokenText) -> bytes:  # fmt: skip
-    """The non-streaming answer of /v1/completions (JSON bytes)."""
+                    text: TokenText, prompt_k: int | None = None) -> bytes:  # fmt: skip
+    """The non-streaming answer of /v1/completions (JSON bytes). ``prompt_k``: echo with
+    logprobs, whose entries then cover the prompt tokens too."""
     parts = []
     for i, out in enumerate(outs):
         head = echo[i // job.n] if echo else ""
+        prompt = (prompt_logprobs_lists(out, prompt_k, text)
+                  if echo and prompt_k is not None else None)  # fmt: skip
         lps = ("null" if out.logprobs is None
-               else _completion_lps_json(out.logprobs, text, len(head)))  # fmt: skip
+               else _completion_lps_json(out.logprobs, text, len(head), prompt))  # fmt: skip
         choice = {"index": i, "text": head + out.text, "finish_reason": out.finish_reason}
         parts.append(dumps(choice)[:-1] + ',"logprobs":' + lps + "}")
     return (_head(job, "text_completion", model, outs) + ',"choices":[' + ",".join(parts)

@@ -20,6 +20,7 @@ from pyserve.server.chat_api import render_chat
 from pyserve.server.chat_output import SpecialText, tool_message
 from pyserve.server.errors import OpenAIError, bad_request
 from pyserve.server.protocol import ChatMessage, SamplingFields
+from pyserve.server.response_format import text_format_outputs
 from pyserve.server.responses_protocol import (
     ResponsesRequest,
     chat_tools,
@@ -56,6 +57,13 @@ class _Call:
         tools, choice = chat_tools(body)
         self.plan = tool_plan(tools, choice, body.parallel_tool_calls, state.tool_parser)
         self.overrides = dict(structured_for_tool_choice(tools, choice)) if self.plan.forced else {}
+        self.format = body.text.format if body.text and body.text.format else None
+        so = text_format_outputs(self.format)
+        if so is not None:
+            if "structured_outputs" in self.overrides:
+                raise bad_request("text.format cannot be combined with a forced tool_choice",
+                                  param="text.format")  # fmt: skip
+            self.overrides["structured_outputs"] = so
         rendered = template_messages([ChatMessage(**m) for m in self.history])
         self.ids = render_chat(state, rendered, template_tools(tools))
         self.special = SpecialText(state.client.tokenizer, self.plan)
@@ -86,7 +94,7 @@ class _Call:
                 "temperature": b.temperature, "top_p": b.top_p,
                 "max_output_tokens": b.max_output_tokens, "metadata": b.metadata or {},
                 "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
-                "error": None, "store": b.store, "text": {"format": {"type": "text"}},
+                "error": None, "store": b.store, "text": {"format": self.format.dump() if self.format else {"type": "text"}},
                 "truncation": "disabled", "usage": None}  # fmt: skip
         if out is not None:
             cached, p, c = out.num_cached_tokens, len(job.prompts[0]), len(out.token_ids)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pyserve.server.protocol import Finite, ProgramId
+from pyserve.server.response_format import TextFormat
 from pyserve.server.tools import FunctionName, NamedFunction, NamedToolChoice, ToolDef
 
 
@@ -57,11 +58,6 @@ class FunctionChoice(BaseModel):
     name: FunctionName
 
 
-class TextFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
-
-
 class TextConfig(BaseModel):
     model_config = ConfigDict(extra="ignore")
     format: TextFormat | None = None
@@ -99,8 +95,6 @@ class ResponsesRequest(BaseModel):
 
 def unsupported(body: ResponsesRequest) -> str | None:
     """The first field this server cannot honour, or None."""
-    if body.text and body.text.format and body.text.format.type != "text":
-        return "text.format"
     checks = (
         ("include", bool(body.include)),
         ("background", bool(body.background)),

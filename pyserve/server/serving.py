@@ -127,9 +127,12 @@ def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int 
         raise bad_request(str(exc)) from None
 
 
-def check_logprob_budget(params: Sequence[SamplingParams]) -> None:
-    """400 when ``n x (top_logprobs + 1) x max_tokens`` over all prompts passes the cap."""
+def check_logprob_budget(params: Sequence[SamplingParams], prompts: Sequence[list[int]]) -> None:
+    """400 when ``n x (top_logprobs + 1) x (max_tokens + echoed prompt tokens)`` over all
+    prompts passes the cap (prompt tokens count when prompt logprobs are asked for)."""
     total = sum(p.n * (p.logprobs + 1) * p.max_tokens for p in params if p.logprobs is not None)
+    total += sum(p.n * (p.prompt_logprobs + 1) * len(ids) for p, ids in zip(params, prompts)
+                 if p.prompt_logprobs is not None)  # fmt: skip
     if total > MAX_LOGPROB_ENTRIES:
         raise bad_request(f"n x (top_logprobs + 1) x max_tokens is {total} logprob entries; the "
                           f"limit is {MAX_LOGPROB_ENTRIES}: lower n, top_logprobs or max_tokens",
