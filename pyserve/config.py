@@ -21,6 +21,9 @@ class ModelConfig:
     # auto | reference | cpu | flashinfer. auto: flashinfer on CUDA with fp16/bf16 when it
     # imports, the C++ kernel (cpu) on CPU with fp32/bf16, the torch reference otherwise.
     attention_backend: str = "auto"
+    # CPU intra-op threads (torch and the attention kernel; process-wide). None: the cores this
+    # process may run on minus one kept for the frontend, at least 1 (vLLM CPU's rule).
+    cpu_threads: int | None = None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -23,6 +24,29 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
     return dev
+
+
+def default_cpu_threads() -> int:
+    """The cores this process may run on, minus one kept for the frontend; at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+def apply_cpu_threads(requested: int | None, device: torch.device) -> None:
+    """Sets torch's intra-op threads for a CPU engine (the attention kernel follows torch).
+
+    NOTE: process-wide. On a shared or small host, fork-join threads that lose their core to
+    another process stall every parallel region; one core is kept free for the frontend (HTTP,
+    detokenizing) as vLLM CPU does. ValueError for a count below 1.
+    """
+    if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int)
+                                  or requested < 1):  # fmt: skip
+        raise ValueError(f"cpu_threads must be an integer >= 1, got {requested!r}")
+    if device.type == "cpu":
+        torch.set_num_threads(requested or default_cpu_threads())
 
 
 def make_kv_cache(model_cfg, cache: CacheConfig, dtype: torch.dtype, device: torch.device,

@@ -18,6 +18,7 @@ import torch
 from pyserve import _core
 from pyserve.config import EngineConfig, core_config
 from pyserve.engine.components import (
+    apply_cpu_threads,
     make_attention,
     make_kv_cache,
     resolve_device,
@@ -56,6 +57,7 @@ class Engine:
         self.config = config
         mc = config.model
         self.device = resolve_device(mc.device)
+        apply_cpu_threads(mc.cpu_threads, self.device)
         torch.manual_seed(mc.seed)
         self.model = load_model(mc.model, mc.dtype, self.device)
         self.dtype = parse_dtype(mc.dtype, self.model.config)

@@ -72,7 +72,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
                    help="scheduler policy knob, e.g. starvation_beta=8 (repeatable)")  # fmt: skip
     p.add_argument("--cpu-threads", type=int, default=None,
-                   help="torch intra-op threads (CPU); 1 is often fastest on small shared hosts")  # fmt: skip
+                   help="CPU intra-op threads (default: the usable cores minus one, at least 1)")  # fmt: skip
     p.add_argument("--cpu-cache-gib", type=float, default=None,
                    help="host pool (GiB): swap space and the host tier of the prefix cache")  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -89,6 +89,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     """The engine options given on the command line, as EngineConfig.from_kwargs keywords."""
     kw = {name: getattr(args, name) for name in ENGINE_OPTIONS if getattr(args, name) is not None}
     kw["policy"] = args.policy
+    if getattr(args, "cpu_threads", None) is not None:
+        kw["cpu_threads"] = args.cpu_threads
     if args.cpu_cache_gib is not None:
         if not args.cpu_cache_gib >= 0:
             raise ValueError(f"--cpu-cache-gib must be >= 0, got {args.cpu_cache_gib}")
@@ -116,13 +118,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from pyserve.server.runner import make_server
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    if args.cpu_threads is not None:
-        if args.cpu_threads < 1:
-            print("pyserve serve: error: --cpu-threads must be >= 1", file=sys.stderr)
-            return 2
-        import torch
-
-        torch.set_num_threads(args.cpu_threads)
+    if args.cpu_threads is not None and args.cpu_threads < 1:
+        print("pyserve serve: error: --cpu-threads must be >= 1", file=sys.stderr)
+        return 2
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
     if api_key is not None and not api_key.strip():
         print("pyserve serve: error: --api-key (or $PYSERVE_API_KEY) is empty; omit it to serve "
