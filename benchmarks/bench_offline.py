@@ -20,6 +20,7 @@ prompts and settings (``--engine vllm`` is the vLLM half: ``vllm.LLM.generate`` 
 model is the median tokens/s of each and their ratio:
 
     python benchmarks/bench_offline.py --vs-vllm /tmp/vllm-venv/bin/python --rounds 3
+        [--cpu-threads N]   # pyserve's threads (default: usable cores - 1, as vLLM's worker)
 """
 
 from __future__ import annotations
@@ -57,11 +58,12 @@ def make_prompts(vocab: int, n: int) -> list[list[int]]:
 
 
 
-def run(model: str, n: int, budget: int, attention_backend: str = "auto") -> dict:
+def run(model: str, n: int, budget: int, attention_backend: str = "auto",
+        cpu_threads: int | None = None) -> dict:  # fmt: skip
     """pyserve: ``n`` requests through the sealed Engine as LLM.generate drives it."""
     llm = LLM(model, kv_cache_bytes=2 << 30, max_num_seqs=n, max_num_batched_tokens=budget,
-              max_model_len=PROMPT + OUTPUT + 16,
-              attention_backend=attention_backend)  # fmt: skip
+              max_model_len=PROMPT + OUTPUT + 16, attention_backend=attention_backend,
+              cpu_threads=cpu_threads)  # fmt: skip
     vocab = llm.engine.model.config.vocab_size
     prompts = make_prompts(vocab, n)
     params = SamplingParams(max_tokens=OUTPUT, temperature=0.0, ignore_eos=True)
@@ -142,6 +144,8 @@ def compare(args) -> None:
                 py = args.vs_vllm if engine == "vllm" else sys.executable
                 cmd = [py, str(Path(__file__).resolve()), "--engine", engine, "--models", key,
                        "--requests", str(args.requests), "--budget", str(args.budget)]  # fmt: skip
+                if engine == "pyserve" and args.cpu_threads:
+                    cmd += ["--cpu-threads", str(args.cpu_threads)]
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 if out.returncode != 0:
                     sys.exit(f"{engine} run failed ({out.returncode}):\n{out.stderr[-3000:]}")
@@ -154,6 +158,7 @@ def compare(args) -> None:
                 tok_s[engine].append(line["output_tokens_per_s"])
         p, v = statistics.median(tok_s["pyserve"]), statistics.median(tok_s["vllm"])
         print(json.dumps({"summary": "pyserve vs vLLM CPU", "model": key, "rounds": args.rounds,
+                          "pyserve_cpu_threads": args.cpu_threads or "default",
                           "pyserve_tok_s": p, "vllm_tok_s": v, "ratio": round(p / v, 2)}),
               flush=True)  # fmt: skip
 
@@ -168,6 +173,8 @@ def main() -> None:
     ap.add_argument("--attention-backends", default="auto",
                     help="comma list of attention_backend values, run in turn per model")
     ap.add_argument("--engine", choices=("pyserve", "vllm"), default="pyserve")
+    ap.add_argument("--cpu-threads", type=int, default=None,
+                    help="pyserve's cpu_threads (default: the engine's, usable cores - 1)")
     ap.add_argument("--vs-vllm", metavar="PYTHON",
                     help="the Python of a venv with vLLM CPU: compare side by side")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds for --vs-vllm")
@@ -181,7 +188,8 @@ def main() -> None:
                 print(json.dumps(run_vllm(folder(key), n, args.budget)), flush=True)
                 continue
             for backend in args.attention_backends.split(","):
-                print(json.dumps(run(folder(key), n, args.budget, backend)), flush=True)
+                result = run(folder(key), n, args.budget, backend, args.cpu_threads)
+                print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
