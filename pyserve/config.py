@@ -24,6 +24,10 @@ class ModelConfig:
     # CPU intra-op threads (torch and the attention kernel; process-wide). None: the cores this
     # process may run on minus one kept for the frontend, at least 1 (vLLM CPU's rule).
     cpu_threads: int | None = None
+    # real: run the model. sim: no weights; each step sleeps the cost-model time of `preset` and
+    # draws its tokens as the simulator does (pyserve/sim/realtime.py); `model` gives the tokenizer.
+    executor: str = "real"
+    preset: str | None = None  # a pyserve.sim preset name or preset .json (executor sim only)
 
 
 @dataclass(frozen=True)

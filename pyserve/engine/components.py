@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -126,3 +128,67 @@ def resolve_max_model_len(requested: int | None, native: int) -> int:
     if requested < 1 or requested > native:
         raise ValueError(f"max_model_len must be in [1, {native}] for this model, got {requested}")
     return requested
+
+
+EXECUTORS = ("real", "sim")
+
+
+@dataclass
+class ExecutorParts:
+    """What the engine needs from its executor: the step runner and the model's facts.
+
+    ``runner`` has ``execute(plan, batch, mask) -> SamplerOutput | None``, ``last_forward_s``,
+    ``admit(seq_id, request_id, params, num_prompt_tokens)`` (called once per added call) and
+    ``stats() -> dict`` (merged into ``Engine.stats()``). ``core_options`` are extra
+    ``_core.SchedulerConfig`` fields the executor sets (e.g. the simulated GPU's reload cost).
+    """
+
+    runner: Any
+    tokenizer: Any
+    vocab_size: int
+    max_model_len: int
+    eos_token_ids: list[int]
+    device: torch.device
+    num_gpu_blocks: int
+    num_cpu_blocks: int
+    model: torch.nn.Module | None = None  # None when nothing runs a model (executor sim)
+    core_options: dict[str, Any] = field(default_factory=dict)
+
+
+def build_executor(config) -> ExecutorParts:
+    """The parts of ``config.model.executor``: ``real`` loads the model; ``sim`` paces steps by
+    a cost-model preset (:mod:`pyserve.sim.realtime`). ValueError for an unknown executor."""
+    mc = config.model
+    if mc.executor == "sim":
+        from pyserve.sim.realtime import build_realtime_executor
+
+        return build_realtime_executor(config)
+    if mc.executor != "real":
+        raise ValueError(f"unknown executor {mc.executor!r}; expected one of "
+                         f"{', '.join(EXECUTORS)}")  # fmt: skip
+    if mc.preset is not None:
+        raise ValueError("a cost-model preset needs executor 'sim' (--executor sim)")
+    return _build_model_executor(config)
+
+
+def _build_model_executor(config) -> ExecutorParts:
+    from pyserve.engine.model_runner import ModelRunner
+    from pyserve.model.loader import load_model, parse_dtype
+    from pyserve.model.tokenizer import load_tokenizer
+
+    mc = config.model
+    device = resolve_device(mc.device)
+    apply_cpu_threads(mc.cpu_threads, device)
+    torch.manual_seed(mc.seed)
+    model = load_model(mc.model, mc.dtype, device)
+    dtype = parse_dtype(mc.dtype, model.config)
+    cfg = model.config
+    max_model_len = resolve_max_model_len(mc.max_model_len, cfg.max_model_len)
+    kv = make_kv_cache(cfg, config.cache, dtype, device, max_model_len)
+    attention = make_attention(cfg, kv, dtype, device, mc.attention_backend)
+    return ExecutorParts(
+        runner=ModelRunner(model, kv, attention, device), tokenizer=load_tokenizer(mc.model),
+        vocab_size=int(cfg.vocab_size), max_model_len=max_model_len,
+        eos_token_ids=list(cfg.eos_token_ids), device=device, num_gpu_blocks=kv.num_blocks,
+        num_cpu_blocks=kv.num_cpu_blocks, model=model,
+    )  # fmt: skip

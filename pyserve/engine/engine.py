@@ -17,20 +17,11 @@ import torch
 
 from pyserve import _core
 from pyserve.config import EngineConfig, core_config
-from pyserve.engine.components import (
-    apply_cpu_threads,
-    make_attention,
-    make_kv_cache,
-    resolve_device,
-    resolve_max_model_len,
-)
+from pyserve.engine.components import build_executor
 from pyserve.engine.messages import Abort, AddCall, Admitted, CallSpec, Message, ProgramOp
-from pyserve.engine.model_runner import ModelRunner
 from pyserve.engine.prompt_logprobs import PromptLogprobTracker
 from pyserve.engine.report import StepReport
 from pyserve.engine.slot_sampling import SlotSampling
-from pyserve.model.loader import load_model, parse_dtype
-from pyserve.model.tokenizer import load_tokenizer
 from pyserve.sampling_params import SamplingParams
 from pyserve.structured.manager import StructuredOutputManager
 
@@ -46,8 +37,9 @@ def check_prompt_length(num_tokens: int, max_model_len: int) -> None:
 
 
 class Engine:
-    """One model replica: the C++ scheduler plus a torch executor, behind :meth:`handle`
-    (messages) and :meth:`step` (reports).
+    """One model replica: the C++ scheduler plus an executor, behind :meth:`handle` (messages)
+    and :meth:`step` (reports). The executor (``config.model.executor``) runs the model on torch
+    or, under ``sim``, paces each step by a cost-model preset (``pyserve.sim.realtime``).
 
     Not thread-safe: one thread drives it (``AsyncEngine`` wraps it for servers and replicas).
     Program membership (:meth:`has_program`) may be asked from any thread.
@@ -55,24 +47,20 @@ class Engine:
 
     def __init__(self, config: EngineConfig, programs: _core.ProgramTable | None = None) -> None:
         self.config = config
-        mc = config.model
-        self.device = resolve_device(mc.device)
-        apply_cpu_threads(mc.cpu_threads, self.device)
-        torch.manual_seed(mc.seed)
-        self.model = load_model(mc.model, mc.dtype, self.device)
-        self.dtype = parse_dtype(mc.dtype, self.model.config)
-        self.tokenizer = load_tokenizer(mc.model)
-        cfg = self.model.config
-        self.vocab_size = int(cfg.vocab_size)
-        self.max_model_len = resolve_max_model_len(mc.max_model_len, cfg.max_model_len)
-        self.eos_token_ids = list(cfg.eos_token_ids)
-        kv = make_kv_cache(cfg, config.cache, self.dtype, self.device, self.max_model_len)
-        self.runner = ModelRunner(self.model, kv, make_attention(cfg, kv, self.dtype, self.device,
-                                                                 mc.attention_backend),
-                                  self.device)  # fmt: skip
-        core_cfg = core_config(config.scheduler, config.cache, num_gpu_blocks=kv.num_blocks,
-                               num_cpu_blocks=kv.num_cpu_blocks,
+        parts = build_executor(config)
+        self.device = parts.device
+        self.model = parts.model  # None under executor sim (no weights)
+        self.tokenizer = parts.tokenizer
+        self.vocab_size = parts.vocab_size
+        self.max_model_len = parts.max_model_len
+        self.eos_token_ids = parts.eos_token_ids
+        self.runner = parts.runner
+        core_cfg = core_config(config.scheduler, config.cache, num_gpu_blocks=parts.num_gpu_blocks,
+                               num_cpu_blocks=parts.num_cpu_blocks,
                                max_model_len=self.max_model_len)  # fmt: skip
+        for key, value in parts.core_options.items():  # NOTE: a --policy-option wins
+            if key not in config.scheduler.policy_options:
+                setattr(core_cfg, key, value)
         # NOTE: the core is private to this file (tests/test_sealed_engine.py checks it).
         self._core = _core.Scheduler(core_cfg, self.eos_token_ids, programs)
         self._slots = SlotSampling(self.vocab_size, self.eos_token_ids, self.device)
@@ -140,6 +128,7 @@ class Engine:
         except (TypeError, OverflowError) as exc:  # argument conversion in the bindings
             raise ValueError(f"invalid request {spec.request_id!r}: {exc}") from None
         self._slots.add(sid, p, ids)
+        self.runner.admit(sid, spec.request_id, p, len(ids))
         if p.prompt_logprobs is not None:
             self._prompt_lps.add(sid, spec.request_id, ids, p.prompt_logprobs)
         if grammar is not None:
@@ -215,8 +204,10 @@ class Engine:
         return self._core.programs.mark_coming_back(program_id)
 
     def stats(self) -> dict:
-        """The core's counters (see ``_core.Scheduler.stats``) and the number of programs."""
-        return {**self._core.stats(), "num_programs": len(self._core.programs)}
+        """The core's counters (see ``_core.Scheduler.stats``), the number of programs and the
+        executor's own (``sim_*`` under executor sim: pacing and lag)."""
+        return {**self._core.stats(), "num_programs": len(self._core.programs),
+                **self.runner.stats()}  # fmt: skip
 
     def check_invariants(self) -> None:
         """Raises if any allocator or bookkeeping invariant of the core is broken."""

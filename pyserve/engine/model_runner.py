@@ -28,6 +28,13 @@ class ModelRunner:
         self.sampler = Sampler()
         self.last_forward_s = 0.0  # model forward + logits of the last step (benchmarks)
 
+    def admit(self, seq_id: int, request_id: str, params, num_prompt_tokens: int) -> None:
+        """A call was added in ``seq_id``: the model keeps nothing per call outside the KV."""
+
+    def stats(self) -> dict:
+        """The model runner adds no counters to ``Engine.stats()``."""
+        return {}
+
     @torch.inference_mode()
     def execute(
         self,

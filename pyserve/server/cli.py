@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pyserve.engine.components import EXECUTORS
 from pyserve.server.app import API_KEY_ENV, DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_REQUEST_BYTES
 from pyserve.server.connections import ConnectionLimits
 from pyserve.server.tool_parsers import PARSERS
@@ -44,7 +45,14 @@ def register(subparsers) -> argparse.ArgumentParser:
                               description="Serve MODEL over an OpenAI-compatible HTTP API with "
                               "program sessions, SSE streaming and Prometheus metrics.")  # fmt: skip
     p.add_argument("model", nargs="?", default="builtin:tiny",
-                   help="model folder or builtin:<name> (default builtin:tiny)")  # fmt: skip
+                   help="model folder or builtin:<name> (default builtin:tiny); under "
+                   "--executor sim only its tokenizer and chat template are used")  # fmt: skip
+    p.add_argument("--executor", choices=EXECUTORS, default="real",
+                   help="real: run the model (default); sim: no model, each step takes the "
+                   "--preset GPU's cost-model time in wall time and draws its tokens as the "
+                   "simulator does (docs/sessions.md)")  # fmt: skip
+    p.add_argument("--preset", default=None,
+                   help="cost-model preset of --executor sim (llama3-8b-h100, ... or a .json)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None,
@@ -85,12 +93,20 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+# Options that mean nothing without a model: refused under --executor sim.
+MODEL_ONLY = ("dtype", "device", "attention_backend", "kv_cache_bytes", "gpu_memory_utilization",
+              "cpu_threads")  # fmt: skip
+SIM_SWAP_GIB = 16.0  # the host pool of --executor sim without --cpu-cache-gib (SimSetup's)
+
+
 def engine_kwargs(args: argparse.Namespace) -> dict:
-    """The engine options given on the command line, as EngineConfig.from_kwargs keywords."""
+    """The engine options given on the command line, as EngineConfig.from_kwargs keywords.
+    ValueError for a bad combination (e.g. --executor sim without --preset)."""
     kw = {name: getattr(args, name) for name in ENGINE_OPTIONS if getattr(args, name) is not None}
     kw["policy"] = args.policy
     if getattr(args, "cpu_threads", None) is not None:
         kw["cpu_threads"] = args.cpu_threads
+    kw.update(_executor_kwargs(args))
     if args.cpu_cache_gib is not None:
         if not args.cpu_cache_gib >= 0:
             raise ValueError(f"--cpu-cache-gib must be >= 0, got {args.cpu_cache_gib}")
@@ -106,6 +122,31 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
         options.setdefault("max_programs", args.max_programs)
     if options:
         kw["policy_options"] = options
+    return kw
+
+
+def _executor_kwargs(args: argparse.Namespace) -> dict:
+    executor = getattr(args, "executor", "real")
+    preset = getattr(args, "preset", None)
+    if executor == "real":
+        if preset is not None:
+            raise ValueError("--preset needs --executor sim")
+        return {}
+    if preset is None:
+        from pyserve.sim.presets import preset_names
+
+        raise ValueError(f"--executor sim needs --preset NAME ({', '.join(preset_names())} or "
+                         "a preset .json)")  # fmt: skip
+    from pyserve.sim.presets import get_preset
+
+    get_preset(preset)  # NOTE: ValueError naming the known presets, before anything loads
+    given = [n for n in MODEL_ONLY if getattr(args, n, None) is not None]
+    if given:
+        raise ValueError(f"--{given[0].replace('_', '-')} has no effect under --executor sim "
+                         "(no model runs)")  # fmt: skip
+    kw = {"executor": "sim", "preset": preset}
+    if args.cpu_cache_gib is None and args.swap_space_bytes is None:
+        kw["swap_space_bytes"] = int(SIM_SWAP_GIB * 2**30)
     return kw
 
 

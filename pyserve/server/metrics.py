@@ -69,6 +69,15 @@ class _EngineCollector:
                             + s.get("num_preemptions_swap", 0))  # fmt: skip
         yield self._counter("engine_step_failures", "Engine steps that raised.",
                             s.get("step_failures", 0))  # fmt: skip
+        if "sim_steps" in s:  # executor sim: how far the host is behind the simulated GPU
+            yield self._gauge("sim_step_lag_seconds", "Wall minus simulated-GPU time at the end "
+                              "of the last step (executor sim).", s["sim_lag_seconds"])  # fmt: skip
+            yield self._gauge("sim_max_lag_seconds", "The largest sim_step_lag_seconds seen.",
+                              s["sim_lag_seconds_max"])  # fmt: skip
+            yield self._counter("sim_late_steps", "Steps whose host work outlasted their "
+                                "cost-model time (executor sim).", s["sim_late_steps"])  # fmt: skip
+            yield self._counter("sim_modeled_seconds", "Cost-model seconds of all steps "
+                                "(executor sim).", s["sim_modeled_seconds_total"])  # fmt: skip
         if "step_seconds_buckets" in s:
             yield self._step_histogram(s)
 

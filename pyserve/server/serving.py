@@ -110,7 +110,7 @@ def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int 
     }
     fixed = {
         "n": body.n,
-        "max_tokens": room if max_tokens is None else max_tokens,
+        "max_tokens": max_tokens,  # NOTE: None: the engine's default (up to the context limit)
         "min_tokens": body.min_tokens,
         "seed": body.seed,
         "stop": body.stop,
@@ -127,10 +127,14 @@ def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int 
         raise bad_request(str(exc)) from None
 
 
-def check_logprob_budget(params: Sequence[SamplingParams], prompts: Sequence[list[int]]) -> None:
+def check_logprob_budget(params: Sequence[SamplingParams], prompts: Sequence[list[int]],
+                         max_model_len: int) -> None:  # fmt: skip
     """400 when ``n x (top_logprobs + 1) x (max_tokens + echoed prompt tokens)`` over all
-    prompts passes the cap (prompt tokens count when prompt logprobs are asked for)."""
-    total = sum(p.n * (p.logprobs + 1) * p.max_tokens for p in params if p.logprobs is not None)
+    prompts passes the cap (prompt tokens count when prompt logprobs are asked for; a prompt
+    without max_tokens counts the context left after it)."""
+    total = sum(p.n * (p.logprobs + 1)
+                * (max_model_len - len(ids) if p.max_tokens is None else p.max_tokens)
+                for p, ids in zip(params, prompts, strict=True) if p.logprobs is not None)  # fmt: skip
     total += sum(p.n * (p.prompt_logprobs + 1) * len(ids) for p, ids in zip(params, prompts)
                  if p.prompt_logprobs is not None)  # fmt: skip
     if total > MAX_LOGPROB_ENTRIES:

@@ -129,7 +129,7 @@ async def make_job(state: ServerState, body, request: Request, prefix: str,
     overrides = with_response_format(body, overrides)
     params = [sampling_params(body, max_tokens, logprobs, len(p), limit, overrides)
               for p in prompts]  # fmt: skip
-    check_logprob_budget(params, prompts)
+    check_logprob_budget(params, prompts, limit)
     if await ensure_program(state.client, tags.program_id):
         state.note_program_start(tags.program_id)
     return Job(state.client, state.metrics, prefix, prompts, params, tags, body.priority,

@@ -37,6 +37,7 @@ class ModelSpec:
     vocab_size: int
     dtype_bytes: int = 2
     tie_embeddings: bool = False
+    context_len: int = 131072  # the model's context window (Llama-3.1: 128K tokens)
 
     def __post_init__(self) -> None:
         for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim"):

@@ -120,11 +120,25 @@ def build_core_config(
         num_cpu_blocks=int(setup.swap_space_gib * GiB // block_bytes),
         max_model_len=max_model_len,
     )
-    # ttl's reload cost: the preset's time to prefill one token of a long context (one chunk).
-    chunk = setup.max_num_batched_tokens
-    one = np.array([chunk])
-    config.retention_reload_s_per_token = cost.step_time(one, one) / chunk
+    config.retention_reload_s_per_token = reload_s_per_token(cost, setup.max_num_batched_tokens)
     return config
+
+
+def reload_s_per_token(cost: CostModel, chunk: int) -> float:
+    """ttl's reload cost: the preset's time to prefill one token of a long context (one chunk
+    of ``chunk`` tokens)."""
+    one = np.array([chunk])
+    return cost.step_time(one, one) / chunk
+
+
+def plan_seconds(cost: CostModel, plan) -> float:
+    """Cost-model seconds of a planned step: the forward plus its batched swaps."""
+    qo = plan.qo_indptr
+    seconds = cost.step_time(qo[1:] - qo[:-1], plan.seq_lens, plan.num_decodes)
+    n_moved = plan.swap_out.shape[0] + plan.swap_in.shape[0]
+    if n_moved:
+        seconds = cost.with_transfers(seconds, n_moved)
+    return seconds
 
 
 class SimExecutor:
@@ -201,12 +215,7 @@ class SimExecutor:
 
     def step_seconds(self, plan) -> float:
         """Cost-model seconds of a planned step: the forward plus its batched swaps."""
-        cost, qo = self.cost, plan.qo_indptr
-        seconds = cost.step_time(qo[1:] - qo[:-1], plan.seq_lens, plan.num_decodes)
-        n_moved = plan.swap_out.shape[0] + plan.swap_in.shape[0]
-        if n_moved:
-            seconds = cost.with_transfers(seconds, n_moved)
-        return seconds
+        return plan_seconds(self.cost, plan)
 
     def _step_profiled(self) -> StepResult:
         s, t = self.scheduler, self.timings

@@ -326,6 +326,15 @@ def hash_block_ids(hash_ids, block_tokens: int, low: int, high: int) -> np.ndarr
     return _finalize(z, low, high)
 
 
+def draw_at(seeds: np.ndarray, positions: np.ndarray, low: int, high: int) -> np.ndarray:
+    """Element i is id ``positions[i]`` of the draw seeded by ``seeds[i]``: equal to
+    ``_draw(n, seeds[i], low, high)[positions[i]]`` for any n > positions[i] (one numpy pass)."""
+    z = positions.astype(np.uint64) + np.uint64(1)
+    z *= _GOLDEN
+    z += seeds.astype(np.uint64)  # NOTE: wraps modulo 2^64, as in _draw
+    return _finalize(z, low, high)
+
+
 def _draw(n: int, seed: int, low: int, high: int) -> np.ndarray:
     """``n`` ids in [low, high): SplitMix64 of (seed, position), a counter-based generator.
 

@@ -20,6 +20,7 @@ SHAREGPT_SOURCES = ("auto", "real", "synthetic")
 
 # Targets from the Autellix paper (PAPERS.md): calls/program, prefill and decode tokens per call.
 SHAREGPT_STATS = {"calls_mean": 6.66, "calls_max": 80, "prefill": 256, "decode": 277}
+SHAREGPT_DECODE_SIGMA, SHAREGPT_DECODE_MAX = 0.8, 4096  # the spread and cap of its decode draw
 BFCL_STATS = {"calls_mean": 10.75, "calls_max": 70, "prefill": 735, "decode": 34}
 LATS_STATS = {"calls_mean": 159.7, "prefill": 467, "decode": 73}
 
@@ -87,6 +88,13 @@ def _lognormal(rng: np.random.Generator, mean: float, sigma: float, size: int, h
     return np.clip(np.rint(rng.lognormal(mu, sigma, size)), 1, hi).astype(int).tolist()
 
 
+def chat_output_tokens(seed: int) -> int:
+    """One chat call's output length as the ShareGPT workload draws it (lognormal, mean 277,
+    sigma 0.8, at most 4096), from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return _lognormal(rng, SHAREGPT_STATS["decode"], SHAREGPT_DECODE_SIGMA, 1, SHAREGPT_DECODE_MAX)[0]
+
+
 def _num_calls(rng: np.random.Generator, mean: float, cap: int) -> int:
     """Geometric number of calls (>= 1) with this mean, capped."""
     return int(min(rng.geometric(1.0 / mean), cap))
@@ -100,7 +108,8 @@ def _sharegpt_calls(rng: np.random.Generator, source: str) -> list[Call]:
     else:
         n = _num_calls(rng, SHAREGPT_STATS["calls_mean"], SHAREGPT_STATS["calls_max"])
         prompts = _lognormal(rng, SHAREGPT_STATS["prefill"], 1.0, n, 8192)
-        outputs = _lognormal(rng, SHAREGPT_STATS["decode"], 0.8, n, 4096)
+        outputs = _lognormal(rng, SHAREGPT_STATS["decode"], SHAREGPT_DECODE_SIGMA, n,
+                             SHAREGPT_DECODE_MAX)
     return _chain(prompts, outputs, [0.0] * len(prompts))
 
 
