@@ -132,6 +132,24 @@ def test_prefix_hits_across_a_session(client, server):
     assert m["pyserve:sim_modeled_seconds_total"] > 0 and "pyserve:sim_step_lag_seconds" in m
 
 
+def test_structured_output_draws_only_what_the_grammar_allows(client):
+    schema = {"type": "string", "enum": ["yes", "no"]}
+    r = client.chat.completions.create(
+        model="builtin:tiny", messages=[{"role": "user", "content": "ok?"}], max_tokens=20,
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+    )  # fmt: skip
+    assert r.choices[0].message.content in ('"yes"', '"no"')
+    assert r.choices[0].finish_reason == "stop"
+
+
+def test_logprobs_are_the_draws(client):
+    r = client.completions.create(model="builtin:tiny", prompt="abc", max_tokens=3, logprobs=2)
+    lp = r.choices[0].logprobs
+    assert len(lp.token_logprobs) == 3
+    assert len({round(x, 4) for x in lp.token_logprobs}) == 1 and lp.token_logprobs[0] < -3
+    assert all(len(top) == 2 for top in lp.top_logprobs)
+
+
 def test_metrics_and_invariants_after_the_module(engine, server):
     m = server_metrics(server.url)
     assert m["pyserve:kv_cache_blocks_total"] > 20000  # an H100's KV, not the host's

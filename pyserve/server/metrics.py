@@ -76,6 +76,7 @@ class _EngineCollector:
                               s["sim_lag_seconds_max"])  # fmt: skip
             yield self._counter("sim_late_steps", "Steps whose host work outlasted their "
                                 "cost-model time (executor sim).", s["sim_late_steps"])  # fmt: skip
+            yield self._counter("sim_steps", "Steps run (executor sim).", s["sim_steps"])
             yield self._counter("sim_modeled_seconds", "Cost-model seconds of all steps "
                                 "(executor sim).", s["sim_modeled_seconds_total"])  # fmt: skip
         if "step_seconds_buckets" in s:

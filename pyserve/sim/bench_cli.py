@@ -95,6 +95,9 @@ def register_run(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--policy", required=True, help=f"one of {', '.join(policy_choices())}")
     p.add_argument("--executor", choices=("sim", "real"), default="sim")
     p.add_argument("--model", default="builtin:tiny", help="model of --executor real")
+    p.add_argument("--engine-executor", choices=("real", "sim"), default="real",
+                   help="what runs the steps of --executor real: the model (real) or the "
+                   "simulated --preset GPU in wall time, as `pyserve serve --executor sim`")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the aggregates as JSON")
     _add_setup_args(p)
     p.set_defaults(func=_run)
@@ -108,7 +111,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.executor == "sim":
         result = simulate(programs, args.policy, setup, progress=progress)
     else:
-        result = replay_real(programs, args.policy, setup, args.model, progress=progress)
+        result = replay_real(programs, args.policy, setup, args.model, progress=progress,
+                             engine_executor=args.engine_executor)
     summary = summarize(result)
     if args.json:
         print(json.dumps(summary, indent=2, default=float))
@@ -122,6 +126,14 @@ def _run(args: argparse.Namespace) -> int:
             print(
                 f"\nsimulated {meta['sim_s']:.1f} s in {meta['wall_s']:.2f} s wall "
                 f"({meta['speedup']:.0f}x real time)"
+            )
+        elif args.engine_executor == "sim":
+            st = result.stats
+            print(
+                f"\n{meta['wall_s']:.1f} s wall on the simulated {meta['preset']}: "
+                f"{st['sim_steps']} steps, {st['sim_modeled_seconds_total']:.1f} s of GPU time; "
+                f"lag max {st['sim_lag_seconds_max'] * 1e3:.1f} ms, "
+                f"{st['sim_late_steps']} late steps"
             )
     return 0
 

@@ -405,17 +405,24 @@ def replay_real(
     model: str = "builtin:tiny",
     *,
     progress: bool = False,
+    engine_executor: str = "real",
 ) -> RunResult:
     """Replay ``programs`` on the real engine (wall clock) with the same trace semantics.
 
-    Uses the scheduler options of ``setup`` (the cost-model preset is not used). ValueError when
-    the engine does not provide a bench executor (see :func:`make_real_executor`).
+    Uses the scheduler options of ``setup``. ``engine_executor="sim"`` runs the engine's steps on
+    the simulated ``setup.preset`` GPU in wall time (``pyserve.sim.realtime``; its host pool is
+    ``setup.swap_space_gib``); with ``real`` the preset is not used. ValueError when the engine
+    does not provide a bench executor (see :func:`make_real_executor`).
     """
     setup = setup or SimSetup()
     core_policy, setup, chunked = setup.resolve(policy)
     budget = setup.max_num_batched_tokens
     if not chunked:
         budget = max(budget, required_model_len(programs, setup.block_size))
+    extra: dict[str, Any] = {}
+    if engine_executor == "sim":
+        extra = {"executor": "sim", "preset": setup.preset,
+                 "swap_space_bytes": int(setup.swap_space_gib * GiB)}  # fmt: skip
     config = EngineConfig.from_kwargs(
         model,
         block_size=setup.block_size,
@@ -424,7 +431,9 @@ def replay_real(
         max_num_seqs=setup.max_num_seqs,
         policy=core_policy,
         preemption_mode=setup.preemption_mode,
+        kv_retention=setup.kv_retention,
         policy_options=dict(setup.policy_options),
+        **extra,
     )
     ex = make_real_executor(config)
     book = TokenBook()
@@ -440,6 +449,8 @@ def replay_real(
     result = driver.run(progress=progress, desc=policy)
     result.meta = {
         "executor": "real",
+        "engine_executor": engine_executor,
+        **({"preset": setup.preset} if engine_executor == "sim" else {}),
         "policy": policy,
         "core_policy": core_policy,
         "model": model,
