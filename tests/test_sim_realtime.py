@@ -148,6 +148,13 @@ def test_logprobs_are_the_draws(client):
     assert len(lp.token_logprobs) == 3
     assert len({round(x, 4) for x in lp.token_logprobs}) == 1 and lp.token_logprobs[0] < -3
     assert all(len(top) == 2 for top in lp.top_logprobs)
+    # prompt logprobs (echo): under the same uniform draw
+    r = client.completions.create(model="builtin:tiny", prompt="abc", max_tokens=2, logprobs=1,
+                                  echo=True)  # fmt: skip
+    lp = r.choices[0].logprobs
+    n_prompt = r.usage.prompt_tokens
+    assert len(lp.token_logprobs) == n_prompt + 2 and lp.token_logprobs[0] is None
+    assert all(x <= 0 for x in lp.token_logprobs[1:])
 
 
 def test_metrics_and_invariants_after_the_module(engine, server):

@@ -137,7 +137,8 @@ EXECUTORS = ("real", "sim")
 class ExecutorParts:
     """What the engine needs from its executor: the step runner and the model's facts.
 
-    ``runner`` has ``execute(plan, batch, mask) -> SamplerOutput | None``, ``last_forward_s``,
+    ``runner`` has ``execute(plan, batch, mask, prompt_rows) -> SamplerOutput | None``,
+    ``last_forward_s``,
     ``admit(seq_id, request_id, params, num_prompt_tokens)`` (called once per added call) and
     ``stats() -> dict`` (merged into ``Engine.stats()``). ``core_options`` are extra
     ``_core.SchedulerConfig`` fields the executor sets (e.g. the simulated GPU's reload cost).

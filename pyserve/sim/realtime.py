@@ -42,6 +42,7 @@ from concurrent.futures import Future
 import numpy as np
 import torch
 
+from pyserve.engine.prompt_logprobs import PromptRows
 from pyserve.model.sampler import SamplerOutput, SamplingBatch
 from pyserve.sim.cost_model import CostModel
 from pyserve.sim.executor import plan_seconds, reload_s_per_token
@@ -69,11 +70,12 @@ class RealtimeExecutor:
     the core's seq id, written by :meth:`admit`; a reused seq id is overwritten by its next call.
     """
 
-    def __init__(self, cost: CostModel, table: np.ndarray, eos_token_id: int,
+    def __init__(self, cost: CostModel, table: np.ndarray, eos_token_id: int, vocab_size: int,
                  clock=time.monotonic, sleep=time.sleep) -> None:  # fmt: skip
         if table.shape[0] == 0:
             raise ValueError("no token ids to draw from")
         self.cost, self.table, self.eos = cost, table, int(eos_token_id)
+        self.vocab_size = vocab_size
         self.clock, self.sleep = clock, sleep
         self.last_forward_s = 0.0  # the last step's modelled seconds
         self._seed = np.zeros(64, np.uint64)
@@ -105,8 +107,11 @@ class RealtimeExecutor:
         return dict(self._stats)
 
     def execute(self, plan, batch: SamplingBatch | None,
-                token_bitmask: torch.Tensor | Future | None = None) -> SamplerOutput | None:  # fmt: skip
-        """Charges the plan's cost-model time in wall time and returns the drawn tokens."""
+                token_bitmask: torch.Tensor | Future | None = None,
+                prompt_rows: PromptRows | None = None) -> SamplerOutput | None:  # fmt: skip
+        """Charges the plan's cost-model time in wall time and returns the drawn tokens.
+        ``prompt_rows`` (prompt logprobs) are scored under the draw's distribution: uniform over
+        the plain ids (``-ln(T)``; other ids ``-inf``)."""
         called = self.clock()
         seqs = np.asarray(plan.seq_ids)
         # NOTE: a sequence of the previous step runs again: the engine stayed busy, so this step
@@ -115,6 +120,8 @@ class RealtimeExecutor:
         self._prev = seqs.copy()
         start = self._due if busy else called
         seconds = plan_seconds(self.cost, plan)
+        if prompt_rows is not None:
+            prompt_rows.score(self._draw_logits)
         out = None
         if batch is not None:
             if isinstance(token_bitmask, Future):
@@ -172,6 +179,12 @@ class RealtimeExecutor:
                 np.concatenate([logp[:, None], np.repeat(rest[:, None], n - 1, axis=1)], axis=1))
         return out
 
+    def _draw_logits(self, rows: torch.Tensor) -> torch.Tensor:
+        """Logits ``[r, V]`` of the draw: equal over the plain ids, -inf elsewhere."""
+        logits = torch.full((rows.shape[0], self.vocab_size), -math.inf)
+        logits[:, torch.from_numpy(self.table)] = 0.0
+        return logits
+
     def _unban(self, tokens: np.ndarray, idx: np.ndarray, banned: np.ndarray) -> None:
         """Rows below min_tokens may not draw their banned ids: the next table id instead."""
         for i in np.nonzero((banned == tokens[:, None]).any(axis=1))[0]:
@@ -220,7 +233,8 @@ def build_realtime_executor(config):
         raise ValueError(f"preset {preset.name!r} holds {gpu_blocks * cache.block_size} tokens of "
                          f"KV, less than max_model_len={max_model_len}: lower max_model_len")  # fmt: skip
     block_bytes = cache.block_size * preset.model.kv_bytes_per_token
-    runner = RealtimeExecutor(cost, drawable_ids(tokenizer), tokenizer.eos_token_id)
+    runner = RealtimeExecutor(cost, drawable_ids(tokenizer), tokenizer.eos_token_id,
+                              tokenizer.vocab_size)
     reload = reload_s_per_token(cost, config.scheduler.max_num_batched_tokens)
     return ExecutorParts(
         runner=runner, tokenizer=tokenizer, vocab_size=tokenizer.vocab_size,
