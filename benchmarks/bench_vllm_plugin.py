@@ -25,6 +25,8 @@ import random
 import time
 from dataclasses import dataclass, field
 
+MAX_IDLE_STEPS = 20_000
+
 
 @dataclass
 class Program:
@@ -72,7 +74,7 @@ def run(engine, programs: list[Program]) -> float:
         p.stage, p.pending, p.ready_at, p.tokens, p.context = 0, 0, p.arrival, 0, list(p.prompt)
     owner: dict[str, Program] = {}
     waiting = sorted(programs, key=lambda p: p.ready_at)
-    done = 0
+    done = idle_steps = 0
     while done < len(programs):
         now = time.monotonic() - start
         while waiting and waiting[0].ready_at <= now:
@@ -85,9 +87,16 @@ def run(engine, programs: list[Program]) -> float:
                 owner[rid] = p
                 p.pending += 1
         if not engine.has_unfinished_requests():
+            if not waiting:  # NOTE: every program is mid-stage, yet the engine holds nothing
+                raise RuntimeError(f"engine idle with calls unfinished: {sorted(owner)[:8]}")
             time.sleep(max(0.0, min(0.05, waiting[0].ready_at - now)) if waiting else 0.0)
             continue
-        for out in engine.step():
+        outs = engine.step()
+        idle_steps = 0 if outs else idle_steps + 1
+        if idle_steps > MAX_IDLE_STEPS:  # a stalled engine: fail instead of spinning forever
+            raise RuntimeError(f"{MAX_IDLE_STEPS} steps without output; unfinished: "
+                               f"{sorted(owner)[:8]}")  # fmt: skip
+        for out in outs:
             if not out.finished:
                 continue
             p = owner.pop(out.request_id)
