@@ -30,7 +30,8 @@ MODEL = "builtin:tiny"
 HAS_STRUCTURED = "structured_outputs" in {f.name for f in dataclasses.fields(SamplingParams)}
 
 
-def make_agent(url: str, calls: list[str], tool_choice: str | None, responses: bool = False):
+def make_agent(url: str, calls: list[str], tool_choice: str | None, responses: bool = False,
+               **settings):  # fmt: skip
     agents.set_tracing_disabled(True)
 
     # NOTE: the length bound lets a random-weight model under a grammar close the string.
@@ -45,7 +46,7 @@ def make_agent(url: str, calls: list[str], tool_choice: str | None, responses: b
         model = agents.OpenAIResponsesModel(model=MODEL, openai_client=client)
     else:
         model = agents.OpenAIChatCompletionsModel(model=MODEL, openai_client=client)
-    settings = agents.ModelSettings(tool_choice=tool_choice, max_tokens=256)
+    settings = agents.ModelSettings(tool_choice=tool_choice, max_tokens=256, **settings)
     return agents.Agent(name="weather", instructions="Use the tool.", tools=[get_weather],
                         model=model, model_settings=settings)  # fmt: skip
 
@@ -62,6 +63,30 @@ def test_agent_runs_its_tool(responses):
     assert result.final_output == "It is sunny in Paris."
     second = engine.tokenizer.decode(engine.prompts[1], skip_special_tokens=False)
     assert "sunny in Paris" in second and "<tool_response>" in second
+
+
+@pytest.mark.parametrize("responses", [False, True], ids=["chat", "responses"])
+def test_streamed_run_with_model_settings(responses):
+    """The model settings the SDK turns into request fields (sampling, tags, store, truncation,
+    usage in the stream) are all accepted by the strict request models, and a streamed run
+    executes its tool."""
+    call = json.dumps({"name": "get_weather", "arguments": {"city": "Oslo"}})
+    engine = ScriptedClient([f"<tool_call>\n{call}\n</tool_call>", "Sunny in Oslo."])
+    calls: list[str] = []
+    settings = dict(temperature=0.7, top_p=0.9, parallel_tool_calls=True, include_usage=True,
+                    metadata={"run": "7"}, store=responses, prompt_cache_retention="in_memory",
+                    truncation="disabled" if responses else None)  # fmt: skip
+
+    async def run():
+        result = agents.Runner.run_streamed(agent, "Weather in Oslo?", max_turns=3)
+        kinds = [event.type async for event in result.stream_events()]
+        return result, kinds
+
+    with ServerThread(build_app(engine)) as srv:
+        agent = make_agent(srv.url, calls, "auto", responses, **settings)
+        result, kinds = asyncio.run(run())
+    assert calls == ["Oslo"] and result.final_output == "Sunny in Oslo."
+    assert "raw_response_event" in kinds
 
 
 @pytest.mark.skipif(not HAS_STRUCTURED, reason="needs structured output (grammar) in the sampler")

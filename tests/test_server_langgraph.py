@@ -15,7 +15,7 @@ from typing import Annotated
 
 import pytest
 from conftest import tiny_async_engine, wait_server_idle
-from pydantic import Field
+from pydantic import BaseModel, Field
 from scripted_engine import ScriptedClient
 
 pytest.importorskip("langgraph")
@@ -79,4 +79,32 @@ def test_react_agent_with_forced_tool_choice_on_tiny():
             assert len(calls) == 1 and isinstance(calls[0], str), choice
             last = result["messages"][-1]
             assert isinstance(last, ToolMessage) and last.content == f"sunny in {calls[0]}"
+        wait_server_idle(srv.url, 30)
+
+
+class Pet(BaseModel):
+    """A pet."""
+
+    name: str = Field(max_length=10)
+    legs: int = Field(ge=0, le=8)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_structured_output_and_streamed_usage_on_tiny():
+    """``with_structured_output`` (json_schema: ``response_format`` with strict; function_calling:
+    a named ``tool_choice`` with ``parallel_tool_calls: false``) and a streamed call with
+    ``stream_usage`` (``stream_options.include_usage``) pass the strict request models; the
+    grammar makes the random-weight model's answer parse."""
+    pytest.importorskip("xgrammar")
+    with ServerThread(build_app(tiny_async_engine(max_model_len=1024))) as srv:
+        llm = chat_model(srv.url)
+        for method in ("json_schema", "function_calling"):
+            pet = llm.with_structured_output(Pet, method=method).invoke("Describe a pet.")
+            assert isinstance(pet, Pet), method
+        streamed = langchain_openai.ChatOpenAI(model=MODEL, base_url=srv.url + "/v1", api_key="x",
+                                               max_retries=0, max_tokens=4, stream_usage=True,
+                                               temperature=0.5, seed=1)  # fmt: skip
+        chunks = list(streamed.stream("Hello"))
+        usage = [c.usage_metadata for c in chunks if c.usage_metadata]
+        assert usage and usage[-1]["output_tokens"] >= 1
         wait_server_idle(srv.url, 30)

@@ -1,7 +1,9 @@
 """OpenAI-style error objects and the FastAPI exception handlers that produce them.
 
 Every failure leaves the server as ``{"error": {"message", "type", "param", "code"}}`` with a
-4xx status for the caller's mistakes and 5xx only for the engine's own failures.
+4xx status for the caller's mistakes and 5xx only for the engine's own failures. Under
+``/v1/messages`` the body is Anthropic's shape, ``{"type": "error", "error": {"type", "message",
+"param"}}``. An unknown field is a 400 whose ``param`` is its path (``messages.2.foo``).
 """
 
 from __future__ import annotations
@@ -69,9 +71,11 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return OpenAIError(400, message, param=param, code=code)
 
 
-def error_bytes(status: int, message: str, code: str | None = None) -> bytes:
-    """Raw JSON body for ASGI middlewares that answer before FastAPI runs."""
-    return json.dumps(OpenAIError(status, message, code=code).body()).encode()
+def error_bytes(status: int, message: str, code: str | None = None, path: str = "") -> bytes:
+    """Raw JSON body for ASGI middlewares that answer before FastAPI runs (``path``: the request's,
+    which picks the Anthropic shape under /v1/messages)."""
+    err = OpenAIError(status, message, code=code)
+    return json.dumps(anthropic_body(err) if _anthropic(path) else err.body()).encode()
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -86,6 +90,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     kind = first.get("type", "")
     if kind == "json_invalid":
         return f"request body is not valid JSON: {first.get('msg', '')}", None
+    if kind == "extra_forbidden":
+        return f"Unrecognized request argument supplied: '{param}'", param
     msg = first.get("msg", "invalid value")
     where = f"'{param}'" if param else "request body"
     extra = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
@@ -129,9 +135,25 @@ def install_error_handlers(app: FastAPI) -> None:
         return _counted(request, OpenAIError(500, f"internal server error: {type(exc).__name__}"))
 
 
+# Anthropic's error types where they differ from OpenAI's
+_ANTHROPIC_TYPES = {413: "request_too_large", 500: "api_error", 503: "overloaded_error"}
+
+
+def anthropic_body(err: OpenAIError) -> dict:
+    """``err`` in the Anthropic Messages error shape (``param`` kept: it names the field)."""
+    kind = _ANTHROPIC_TYPES.get(err.status, err.type)
+    return {"type": "error", "error": {"type": kind, "message": err.message, "param": err.param}}
+
+
+def _anthropic(path: str) -> bool:
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
 def _counted(request: Request, err: OpenAIError, headers=None) -> JSONResponse:
-    """The error response, counted in the app's metrics when it has them."""
+    """The error response (Anthropic-shaped under /v1/messages), counted in the app's metrics."""
     state = getattr(request.app.state, "pyserve", None)
     if state is not None:
         state.metrics.observe_error(err.status)
+    if _anthropic(request.url.path):
+        return JSONResponse(anthropic_body(err), status_code=err.status, headers=headers)
     return err.response(headers)

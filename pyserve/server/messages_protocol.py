@@ -6,64 +6,78 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from pyserve.server.errors import bad_request
 from pyserve.server.protocol import Finite, ProgramId, TagId
+from pyserve.server.strict import StrictModel, only, tagged
 from pyserve.server.tools import FunctionName, NamedToolChoice, ToolCallItem
 
 Text = Annotated[str, Field(max_length=1 << 22)]
 
 
-class TextBlock(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class CacheControl(StrictModel):
+    """``cache_control`` breakpoints: accepted; the prefix cache keeps every shared prefix anyway
+    (hits are reported as ``cache_read_input_tokens``)."""
+
+    type: Literal["ephemeral"]
+    ttl: Literal["5m", "1h"] | None = None
+
+
+class TextBlock(StrictModel):
     type: Literal["text"]
     text: Text
+    cache_control: CacheControl | None = None
+    citations: Annotated[Any, only(None, why="no citations")] = None
 
 
-class ToolUseBlock(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ToolUseBlock(StrictModel):
     type: Literal["tool_use"]
     id: Annotated[str, Field(min_length=1, max_length=256)]
     name: FunctionName
     input: dict[str, Any]
+    cache_control: CacheControl | None = None
 
 
-class ToolResultBlock(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ToolResultBlock(StrictModel):
     type: Literal["tool_result"]
     tool_use_id: Annotated[str, Field(min_length=1, max_length=256)]
     content: str | list[TextBlock] = ""
     is_error: bool = False
+    cache_control: CacheControl | None = None
 
 
-Block = Annotated[TextBlock | ToolUseBlock | ToolResultBlock, Field(discriminator="type")]
+Block = tagged(TextBlock, ToolUseBlock, ToolResultBlock)
 
 
-class AnthropicMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class AnthropicMessage(StrictModel):
     role: Literal["user", "assistant"]
     content: str | list[Block]
 
 
-class AnthropicTool(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class AnthropicTool(StrictModel):
+    type: Literal["custom"] | None = None
     name: FunctionName
     description: str | None = None
     input_schema: dict[str, Any]
+    cache_control: CacheControl | None = None
 
 
-class AnthropicToolChoice(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class AnthropicToolChoice(StrictModel):
     type: Literal["auto", "any", "tool", "none"]
     name: FunctionName | None = None
     disable_parallel_tool_use: bool = False
 
 
-class CountTokensRequest(BaseModel):
+class Metadata(StrictModel):
+    """``metadata``: ``user_id`` is an end-user tag, accepted and read by nothing."""
+
+    user_id: str | None = Field(None, max_length=256)
+
+
+class CountTokensRequest(StrictModel):
     """POST /v1/messages/count_tokens."""
 
-    model_config = ConfigDict(extra="ignore")
     model: str = Field(max_length=1024)
     messages: list[AnthropicMessage] = Field(min_length=1)
     system: str | list[TextBlock] | None = None
@@ -80,7 +94,8 @@ class MessagesRequest(CountTokensRequest):
     top_p: Finite | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=1, le=2**31 - 1)
     stream: bool = False
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
+    service_tier: Literal["auto", "standard_only"] | None = None
     thinking: dict[str, Any] | None = None
     output_config: dict[str, Any] | None = None
     priority: Finite = 0.0

@@ -66,10 +66,11 @@ class AccountingMiddleware:
             self.metrics.request_ended(outcome)
 
 
-async def send_error(send: Send, status: int, message: str, code: str | None = None,
+async def send_error(scope: Scope, send: Send, status: int, message: str,
+                     code: str | None = None,
                      headers: list[tuple[bytes, bytes]] | None = None) -> None:  # fmt: skip
     """Answers with an OpenAI error object (for middlewares, before any route ran)."""
-    body = error_bytes(status, message, code)
+    body = error_bytes(status, message, code, scope.get("path", ""))
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": raw + (headers or [])})
     await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -101,7 +102,7 @@ class BodyLimitMiddleware:
         too_big = f"request body exceeds the limit of {self.max_bytes} bytes"
         length = _content_length(scope)
         if length is not None and length > self.max_bytes:
-            await send_error(send, 413, too_big, "request_too_large")
+            await send_error(scope, send, 413, too_big, "request_too_large")
             return
         chunks: list[bytes] = []
         size = 0
@@ -111,7 +112,7 @@ class BodyLimitMiddleware:
                 message = await asyncio.wait_for(receive(), deadline - time.monotonic())
             except asyncio.TimeoutError:
                 _timed_out(scope, "body")
-                await send_error(send, 408, f"the request body did not arrive within "
+                await send_error(scope, send, 408, f"the request body did not arrive within "
                                  f"{self.timeout_s:g} s", "request_timeout",
                                  [(b"connection", b"close")])  # fmt: skip
                 return
@@ -120,7 +121,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await send_error(send, 413, too_big, "request_too_large")
+                await send_error(scope, send, 413, too_big, "request_too_large")
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -184,10 +185,12 @@ class ApiKeyMiddleware:
         scheme, _, token = auth.partition(b" ")
         challenge = [(b"www-authenticate", b"Bearer")]
         if not auth:
-            await send_error(send, 401, "missing API key: send 'Authorization: Bearer <key>'",
+            await send_error(scope, send, 401,
+                             "missing API key: send 'Authorization: Bearer <key>'",
                              "missing_api_key", challenge)  # fmt: skip
             return
         if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._key):
-            await send_error(send, 401, "incorrect API key provided", "invalid_api_key", challenge)
+            await send_error(scope, send, 401, "incorrect API key provided", "invalid_api_key",
+                             challenge)  # fmt: skip
             return
         await self.app(scope, receive, send)

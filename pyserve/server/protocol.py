@@ -3,7 +3,8 @@
 Fields beyond OpenAI's (vLLM-style sampling extensions, ``program_id`` with its alias
 ``session_id``, and ``priority``) are sent by the openai client as ``extra_body``; ``thread_id`` /
 ``parent_ids`` are declared only so that they are answered with a 400 (no policy uses them).
-Unknown fields are ignored, as vLLM does.
+Unknown fields are a 400 naming them (:class:`~pyserve.server.strict.StrictModel`); OpenAI fields
+this server cannot act on accept only their no-op values (:func:`~pyserve.server.strict.only`).
 
 NOTE: every list has a length cap, so a hostile body fails at its first bad list instead of
 making pydantic build an error object per element; every text must be encodable as UTF-8 (a
@@ -15,11 +16,12 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from pyserve.sampling_params import MAX_LOGPROBS
 from pyserve.server.program_ids import MAX_PROGRAM_ID_LEN, PROGRAM_ID_CHARS, is_valid_program_id
 from pyserve.server.response_format import ResponseFormat
+from pyserve.server.strict import StrictModel, only
 from pyserve.server.tools import ToolCallItem, ToolFields
 
 MAX_N = 16  # choices per request
@@ -54,6 +56,7 @@ Text = Annotated[str, AfterValidator(_utf8)]
 TagId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN), AfterValidator(_utf8)]
 ProgramId = Annotated[str, AfterValidator(_program_id)]
 TokenIds = Annotated[list[int], Field(min_length=1, max_length=MAX_PROMPT_TOKEN_IDS)]
+CacheRetention = Annotated[str | None, only("in_memory", None, why="KV is kept in memory only")]
 
 
 class ErrorInfo(BaseModel):
@@ -71,17 +74,15 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(StrictModel):
     """``stream_options``: ``include_usage`` adds a final chunk with the token counts."""
 
-    model_config = ConfigDict(extra="ignore")
     include_usage: bool = False
+    include_obfuscation: Annotated[bool | None, only(False, None, why="no delta padding")] = None
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(StrictModel):
     """Fields shared by completions and chat completions."""
-
-    model_config = ConfigDict(extra="ignore")
 
     model: Text = Field(max_length=1024)
     n: int = Field(1, ge=1, le=MAX_N)
@@ -103,7 +104,10 @@ class SamplingFields(BaseModel):
     skip_special_tokens: bool = True
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: Text | None = None
+    user: Text | None = None  # OpenAI's end-user tag: accepted, read by nothing
+    logit_bias: Annotated[
+        dict[str, Finite] | None, only(None, {}, why="the sampler has no per-token bias")
+    ] = None
     priority: Finite = 0.0
     program_id: ProgramId | None = None
     session_id: ProgramId | None = None
@@ -126,23 +130,25 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
 
 
-class TextPart(BaseModel):
+class TextPart(StrictModel):
     """A text content part of a chat message."""
 
-    model_config = ConfigDict(extra="ignore")
     type: Literal["text"]
     text: Text
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(StrictModel):
     """One chat message: text content, an assistant's ``tool_calls``, a tool's ``tool_call_id``."""
 
-    model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)] | None = None
     name: Text | None = None
     tool_calls: list[ToolCallItem] | None = None
     tool_call_id: Text | None = None
+    # an assistant message echoed back from a response carries these as null
+    refusal: Annotated[Any, only(None, why="refusals are not rendered into the prompt")] = None
+    function_call: Annotated[Any, only(None, why="use tool_calls")] = None
+    audio: Annotated[Any, only(None, why="text messages only")] = None
 
 
 class ChatCompletionRequest(SamplingFields, ToolFields):
@@ -156,6 +162,20 @@ class ChatCompletionRequest(SamplingFields, ToolFields):
     # the deprecated function-calling fields: refused with a 400 pointing to tools / tool_choice
     functions: list[Any] | None = None
     function_call: Any = None
+    # OpenAI fields the official clients and agent frameworks send (docs/server.md, "Request
+    # fields"): tags that change no output, or accepted only at the value this server honours
+    metadata: Annotated[dict[str, str], Field(max_length=16)] | None = None
+    prompt_cache_key: Text | None = None
+    safety_identifier: Text | None = None
+    prompt_cache_retention: CacheRetention = None
+    store: Annotated[bool | None, only(False, None, why="chat completions are not stored")] = None
+    service_tier: Annotated[str | None, only("auto", "default", None, why="one tier")] = None
+    modalities: list[Literal["text"]] | None = None
+    reasoning_effort: Annotated[str | None, only("none", None, why="no reasoning models")] = None
+    verbosity: Annotated[str | None, only(None, why="the output length is not steered")] = None
+    audio: Annotated[Any, only(None, why="text output only")] = None
+    prediction: Annotated[Any, only(None, why="no predicted-output decoding")] = None
+    web_search_options: Annotated[Any, only(None, why="no built-in web search")] = None
 
 
 class PromptTokensDetails(BaseModel):
@@ -289,10 +309,9 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class ProgramCreateRequest(BaseModel):
+class ProgramCreateRequest(StrictModel):
     """POST /v1/programs; without ``program_id`` the server picks one."""
 
-    model_config = ConfigDict(extra="ignore")
     program_id: ProgramId | None = None
 
 

@@ -14,15 +14,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pyserve.server.errors import bad_request
+from pyserve.server.strict import StrictModel
 from pyserve.structured import StructuredOutputError, StructuredOutputsParams
 
 SCHEMA_PARAM = "response_format.json_schema.schema"
 
 
-class JSONSchemaSpec(BaseModel):
+class JSONSchemaSpec(StrictModel):
     """``response_format.json_schema``."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)
     name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
     description: str | None = None
     schema_: dict[str, Any] | bool | None = Field(None, alias="schema")
@@ -32,16 +33,15 @@ class JSONSchemaSpec(BaseModel):
 class ResponseFormat(BaseModel):
     """``response_format``: ``json_schema`` is required when ``type`` is ``json_schema``."""
 
-    model_config = ConfigDict(extra="ignore")
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaSpec | None = None
 
 
-class TextFormat(BaseModel):
+class TextFormat(StrictModel):
     """The Responses API's ``text.format``: ``response_format`` flattened (``name``, ``schema``,
     ``strict`` and ``description`` sit next to ``type``)."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)
     type: Literal["text", "json_object", "json_schema"]
     name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
     description: str | None = None

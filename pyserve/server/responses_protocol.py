@@ -5,46 +5,54 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from pyserve.server.protocol import Finite, ProgramId
+from pyserve.server.protocol import CacheRetention, Finite, ProgramId
 from pyserve.server.response_format import TextFormat
+from pyserve.server.strict import StrictModel, only, tagged
 from pyserve.server.tools import FunctionName, NamedFunction, NamedToolChoice, ToolDef
 
+# NOTE: ids, statuses, annotations and logprobs ride along when a client sends earlier output
+# items back as input (the Agents SDK does); they do not change the prompt.
+ItemId = Annotated[str, Field(max_length=256)] | None
 
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+
+class ContentPart(StrictModel):
     type: Literal["input_text", "output_text", "text"]
     text: str
+    annotations: list[Any] | None = None
+    logprobs: list[Any] | None = None
 
 
-class MessageItem(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class MessageItem(StrictModel):
     type: Literal["message"] = "message"
     role: Literal["user", "system", "developer", "assistant"]
     content: str | list[ContentPart]
+    id: ItemId = None
+    status: str | None = None
 
 
-class FunctionCallItem(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class FunctionCallItem(StrictModel):
     type: Literal["function_call"]
     call_id: Annotated[str, Field(min_length=1, max_length=256)]
     name: FunctionName
     arguments: str
+    id: ItemId = None
+    status: str | None = None
 
 
-class FunctionCallOutputItem(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class FunctionCallOutputItem(StrictModel):
     type: Literal["function_call_output"]
     call_id: Annotated[str, Field(min_length=1, max_length=256)]
     output: str
+    id: ItemId = None
+    status: str | None = None
 
 
-InputItem = MessageItem | FunctionCallItem | FunctionCallOutputItem
+InputItem = tagged(MessageItem, FunctionCallItem, FunctionCallOutputItem, default="message")
 
 
-class FunctionTool(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class FunctionTool(StrictModel):
     type: Literal["function"]
     name: FunctionName
     description: str | None = None
@@ -52,21 +60,31 @@ class FunctionTool(BaseModel):
     strict: bool | None = None
 
 
-class FunctionChoice(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class FunctionChoice(StrictModel):
     type: Literal["function"]
     name: FunctionName
 
 
-class TextConfig(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class TextConfig(StrictModel):
     format: TextFormat | None = None
+    verbosity: Annotated[str | None, only("medium", None, why="the length is not steered")] = None
 
 
-class ResponsesRequest(BaseModel):
+class Reasoning(StrictModel):
+    """``reasoning``: accepted only when it asks for none (no reasoning models here)."""
+
+    effort: Annotated[str | None, only("none", None, why="no reasoning models")] = None
+    summary: Annotated[str | None, only(None, why="no reasoning summaries")] = None
+    generate_summary: Annotated[str | None, only(None, why="no reasoning summaries")] = None
+
+
+class StreamOptions(StrictModel):
+    include_obfuscation: Annotated[bool | None, only(False, None, why="no padding")] = None
+
+
+class ResponsesRequest(StrictModel):
     """POST /v1/responses (plus pyserve's program tags)."""
 
-    model_config = ConfigDict(extra="ignore")
     model: str = Field(max_length=1024)
     input: str | Annotated[list[InputItem], Field(min_length=1)]
     instructions: str | None = None
@@ -88,6 +106,16 @@ class ResponsesRequest(BaseModel):
     prompt: Any = None
     top_logprobs: int | None = None
     truncation: Literal["auto", "disabled"] | None = None
+    # tags that change no output, or accepted only at the value this server honours
+    user: str | None = Field(None, max_length=1024)
+    safety_identifier: str | None = Field(None, max_length=1024)
+    prompt_cache_key: str | None = Field(None, max_length=1024)
+    prompt_cache_retention: CacheRetention = None
+    service_tier: Annotated[str | None, only("auto", "default", None, why="one tier")] = None
+    reasoning: Reasoning | None = None
+    stream_options: StreamOptions | None = None
+    max_tool_calls: Annotated[int | None, only(None, why="the caller runs the tools")] = None
+    context_management: Annotated[Any, only(None, why="no server-side compaction")] = None
     priority: Finite = 0.0
     program_id: ProgramId | None = None
     session_id: ProgramId | None = None

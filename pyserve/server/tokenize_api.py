@@ -10,19 +10,19 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from pyserve.server.errors import bad_request
 from pyserve.server.protocol import ChatMessage
+from pyserve.server.strict import StrictModel
 from pyserve.server.tools import ToolDef, template_messages, template_tools
 
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(StrictModel):
     """Exactly one of ``prompt`` and ``messages``."""
 
-    model_config = ConfigDict(extra="ignore")
     model: str | None = Field(None, max_length=1024)
     prompt: str | None = None
     messages: list[ChatMessage] | None = Field(None, min_length=1)
@@ -45,8 +45,7 @@ class TokenizeResponse(BaseModel):
     token_strs: list[str] | None = None
 
 
-class DetokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class DetokenizeRequest(StrictModel):
     model: str | None = Field(None, max_length=1024)
     tokens: list[TokenId]
 

@@ -12,9 +12,10 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from pyserve.server.errors import bad_request
+from pyserve.server.strict import StrictModel
 from pyserve.server.tool_parsers import ToolParser
 from pyserve.server.tool_parsers.forced import NamedChoiceParser, RequiredChoiceParser
 
@@ -22,33 +23,29 @@ MAX_TOOLS = 128
 FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.\-]{1,64}$")]
 
 
-class FunctionDef(BaseModel):
+class FunctionDef(StrictModel):
     """A function the model may call; ``parameters`` is a JSON schema object."""
 
-    model_config = ConfigDict(extra="ignore")
     name: FunctionName
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class ToolDef(BaseModel):
+class ToolDef(StrictModel):
     """An entry of ``tools``."""
 
-    model_config = ConfigDict(extra="ignore")
     type: Literal["function"]
     function: FunctionDef
 
 
-class NamedFunction(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class NamedFunction(StrictModel):
     name: FunctionName
 
 
-class NamedToolChoice(BaseModel):
+class NamedToolChoice(StrictModel):
     """``{"type": "function", "function": {"name": ...}}``: call this function."""
 
-    model_config = ConfigDict(extra="ignore")
     type: Literal["function"]
     function: NamedFunction
 
@@ -56,24 +53,22 @@ class NamedToolChoice(BaseModel):
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
-class FunctionCall(BaseModel):
+class FunctionCall(StrictModel):
     """The function of a tool call in the history; ``arguments`` is a JSON object as a string."""
 
-    model_config = ConfigDict(extra="ignore")
     name: FunctionName
     arguments: str
 
 
-class ToolCallItem(BaseModel):
+class ToolCallItem(StrictModel):
     """An assistant message's ``tool_calls`` entry."""
 
-    model_config = ConfigDict(extra="ignore")
     id: Annotated[str, Field(min_length=1, max_length=256)]
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class ToolFields(BaseModel):
+class ToolFields(StrictModel):
     """The tool fields of a chat request."""
 
     tools: Annotated[list[ToolDef], Field(max_length=MAX_TOOLS)] | None = None
