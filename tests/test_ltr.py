@@ -316,7 +316,7 @@ def test_minilm_context_tokens_keep_prompt_head_and_nearest_turn():
 @needs_minilm
 def test_cli_minilm_context_finetune_save_load_eval(tmp_path, capsys):
     data = tmp_path / "chats.json"
-    _chat_file(data, 60, seed=0)
+    _chat_file(data, 40, seed=0)
     parser = argparse.ArgumentParser()
     ltr_cli.register(parser.add_subparsers(dest="cmd"))
     out = tmp_path / "ranker"
@@ -359,3 +359,25 @@ def test_train_options_schedule_and_time_budget():
     assert stats.stopped_early and stats.steps < 50 * 8
     with pytest.raises(ValueError, match="true length"):
         train_listmle(enc, items, bucket_lengths(lengths), TrainOptions(aux_weight=0.5))
+
+
+def _context_synthetic(n: int, seed: int) -> tuple[list, np.ndarray]:
+    """Chats whose reply length is set by a keyword in the *earlier* user turn only."""
+    prompts, lengths = synthetic(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    chats = []
+    for p in prompts:
+        last = " ".join(rng.choice(FILLER, size=8))
+        chats.append([{"role": "user", "content": p}, {"role": "assistant", "content": "ok"},
+                      {"role": "user", "content": last}])  # fmt: skip
+    return chats, lengths
+
+
+@pytest.mark.parametrize("context", [False, True])
+def test_hash_ranker_reads_the_conversation_only_with_context(context):
+    train_x, train_y = _context_synthetic(800, seed=1)
+    eval_x, eval_y = _context_synthetic(300, seed=2)
+    ranker = Ranker.create("hash", n_buckets=1 << 14, context=context)
+    ranker.fit(train_x, train_y, epochs=8, lr=0.1)  # NOTE: the context words weigh less
+    tau = ranker.evaluate(eval_x, eval_y)["tau"]
+    assert (tau > 0.6) if context else (abs(tau) < 0.15)
