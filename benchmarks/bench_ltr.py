@@ -25,6 +25,8 @@ from pyserve.ltr.data import load_sharegpt, split_by_conversation
 from pyserve.ltr.metrics import kendall_tau
 from pyserve.ltr.ranker import Ranker
 
+KEEP = "\n## Context-aware rankers"
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options."""
@@ -167,8 +169,11 @@ def main(argv=None) -> int:
         )
     report = markdown(info, rows)
     print(report)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(report)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # NOTE: the context-aware rankers' section (pyserve ltr train/eval runs) is kept as it is.
+    old = out.read_text() if out.is_file() else ""
+    out.write_text(report + (old[old.index(KEEP) :] if KEEP in old else ""))
     return 0
 
 

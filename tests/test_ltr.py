@@ -255,10 +255,11 @@ def minilm_ranker() -> Ranker:
 @needs_minilm
 def test_minilm_pooling_ignores_padding(minilm_ranker):
     enc = minilm_ranker.encoder
-    ids = enc._ids(["short one", "a much longer prompt that needs padding in a batch"])
+    toks = enc._tokens(["short one", "a much longer prompt that needs padding in a batch"])
+    ids, types = [t[0] for t in toks], [t[1] for t in toks]
     with torch.inference_mode():
-        together = enc._pool(ids)
-        alone = torch.cat([enc._pool([x]) for x in ids])
+        together = enc._pool(ids, types)
+        alone = torch.cat([enc._pool([x], [t]) for x, t in zip(ids, types)])
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
 
 
@@ -272,3 +273,111 @@ def test_minilm_ranker_learns_and_round_trips(tmp_path, minilm_ranker):
     ranker.save(tmp_path / "m")
     loaded = Ranker.load(tmp_path / "m")
     np.testing.assert_allclose(loaded.score(eval_p[:20]), ranker.score(eval_p[:20]), rtol=1e-5)
+
+
+# --- Context-aware MiniLM, fine-tuned end to end, through the CLI ---------------------------------
+
+
+def _chat_file(path, n_conv: int, seed: int) -> None:
+    """ShareGPT-format conversations whose reply lengths follow keywords (see ``synthetic``)."""
+    rng = np.random.default_rng(seed)
+    convs = []
+    for c in range(n_conv):
+        turns = []
+        for _ in range(int(rng.integers(1, 4))):
+            prompt, length = synthetic(1, int(rng.integers(1 << 30)))
+            turns += [("human", prompt[0]), ("gpt", " ".join(["word"] * int(length[0])))]
+        convs.append(_conv(str(c), *turns))
+    path.write_text(json.dumps(convs))
+
+
+@needs_minilm
+def test_minilm_context_tokens_keep_prompt_head_and_nearest_turn():
+    enc = Ranker.create("minilm", max_length=16, train_layers=0, context=True, prompt_tokens=6)
+    enc = enc.encoder
+    chat = [
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "zebra " * 20},
+        {"role": "user", "content": "alpha beta gamma delta epsilon zeta eta theta iota"},
+    ]
+    toks = enc._tokens([chat, chat[-1]["content"]])
+    (ids, types, dense), (plain_ids, plain_types, plain_dense) = toks
+    assert len(ids) == 16 and types[0] == 0 and types[-1] == 1
+    words = enc.tokenizer.decode(ids.tolist()).split()
+    assert words[:2] == ["alpha", "beta"] and "zebra" in words and "first" not in words
+    assert plain_types.tolist() == [0] * len(plain_ids) and dense.shape == plain_dense.shape
+    assert dense[3] == 1.0 and plain_dense[3] == 0.0  # the has-context feature
+    with pytest.raises(ValueError, match="user message"):
+        enc._tokens([[{"role": "assistant", "content": "x"}]])
+    with pytest.raises(TypeError):
+        enc._tokens([42])
+
+
+@needs_minilm
+def test_cli_minilm_context_finetune_save_load_eval(tmp_path, capsys):
+    data = tmp_path / "chats.json"
+    _chat_file(data, 40, seed=0)
+    parser = argparse.ArgumentParser()
+    ltr_cli.register(parser.add_subparsers(dest="cmd"))
+    out = tmp_path / "ranker"
+    args = parser.parse_args(
+        ["ltr", "train", "--out", str(out), "--data", str(data), "--encoder", "minilm",
+         "--context", "--train-layers", "6", "--max-length", "24", "--prompt-tokens", "12",
+         "--list-size", "8", "--epochs", "1", "--lr", "5e-5", "--head-lr", "3e-3",
+         "--warmup", "0.1", "--aux-weight", "0.1", "--clip", "1.0"]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    cfg = json.loads((out / "ranker.json").read_text())
+    assert cfg["encoder_config"]["context"] and cfg["encoder_config"]["train_layers"] == 6
+    assert cfg["meta"]["train_options"]["warmup"] == 0.1 and cfg["meta"]["steps"] > 0
+    capsys.readouterr()
+    args = parser.parse_args(["ltr", "eval", str(out), "--data", str(data), "--no-latency"])
+    assert args.func(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[0])
+    assert lines[-1] == f"Kendall tau: {result['tau']:.4f}" and result["n"] > 0
+    a, b = Ranker.load(out), Ranker.load(out)
+    chats = [[{"role": "user", "content": "please write a story"}], "yes", "explain the code"]
+    np.testing.assert_array_equal(a.score(chats), b.score(chats))  # deterministic
+    np.testing.assert_array_equal(a.score(chats), a.score(chats[::-1])[::-1])
+
+
+def test_train_options_schedule_and_time_budget():
+    from pyserve.ltr.listmle import TrainOptions, _lr_factor, train_listmle
+
+    assert [round(_lr_factor(s, 10, 0.2), 2) for s in (0, 1, 2, 6, 9)] == [0.5, 1.0, 1.0, 0.5, 0.12]
+    assert _lr_factor(5, 10, None) == 1.0
+    with pytest.raises(ValueError, match="warmup"):
+        TrainOptions(warmup=1.0)
+    with pytest.raises(ValueError, match="aux_weight"):
+        TrainOptions(aux_weight=-1.0)
+    prompts, lengths = synthetic(256, seed=1)
+    enc = Ranker.create("hash", n_buckets=1 << 10).encoder
+    items = enc.featurize(prompts)
+    stats = train_listmle(enc, items, bucket_lengths(lengths), TrainOptions(epochs=50, lr=1e-2,
+                          max_seconds=0.05))  # fmt: skip
+    assert stats.stopped_early and stats.steps < 50 * 8
+    with pytest.raises(ValueError, match="true length"):
+        train_listmle(enc, items, bucket_lengths(lengths), TrainOptions(aux_weight=0.5))
+
+
+def _context_synthetic(n: int, seed: int) -> tuple[list, np.ndarray]:
+    """Chats whose reply length is set by a keyword in the *earlier* user turn only."""
+    prompts, lengths = synthetic(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    chats = []
+    for p in prompts:
+        last = " ".join(rng.choice(FILLER, size=8))
+        chats.append([{"role": "user", "content": p}, {"role": "assistant", "content": "ok"},
+                      {"role": "user", "content": last}])  # fmt: skip
+    return chats, lengths
+
+
+@pytest.mark.parametrize("context", [False, True])
+def test_hash_ranker_reads_the_conversation_only_with_context(context):
+    train_x, train_y = _context_synthetic(800, seed=1)
+    eval_x, eval_y = _context_synthetic(300, seed=2)
+    ranker = Ranker.create("hash", n_buckets=1 << 14, context=context)
+    ranker.fit(train_x, train_y, epochs=8, lr=0.1)  # NOTE: the context words weigh less
+    tau = ranker.evaluate(eval_x, eval_y)["tau"]
+    assert (tau > 0.6) if context else (abs(tau) < 0.15)

@@ -220,3 +220,18 @@ def test_plas_ltr_first_call_hybrid(hybrid):
     order = admission_order(s, seconds=0.001, no_preemption=True)  # same queue: never preempted
     first = order.index("short") < order.index("long")
     assert first == hybrid  # FCFS inside the queue unless the hybrid ranks first calls
+
+
+@pytest.mark.parametrize("policy", ["plas", "mlfq", "gittins", "fcfs"])
+@pytest.mark.parametrize("tie_break", [False, True])
+def test_ltr_tie_break_orders_equal_keys_by_score(policy, tie_break):
+    extra = {"gittins_classes": 0} if policy == "gittins" else {}
+    s = queued(policy, ltr_tie_break=tie_break, **extra)  # no preemption: keys alone decide
+    s.add_request("busy", prompt(4, 50), max_tokens=3, program_id="C")
+    step(s, seconds=0.001)  # tiny steps keep every call in queue 0
+    s.add_request("long", prompt(4, 20), max_tokens=2, program_id="L", ltr_score=500.0)
+    s.add_request("short", prompt(4, 30), max_tokens=2, program_id="S", ltr_score=5.0)
+    keys = [s.request_info(s.find(r))["priority_key"] for r in ("long", "short")]
+    assert keys[0][0] == keys[1][0]  # equal primary: the tie-break decides
+    order = admission_order(s, seconds=0.001)
+    assert (order.index("short") < order.index("long")) == tie_break

@@ -62,6 +62,7 @@ void bind_config(py::module_& m) {
       .def_readwrite("quantum_growth", &SchedulerConfig::quantum_growth)
       .def_readwrite("starvation_beta", &SchedulerConfig::starvation_beta)
       .def_readwrite("plas_ltr_first_call", &SchedulerConfig::plas_ltr_first_call)
+      .def_readwrite("ltr_tie_break", &SchedulerConfig::ltr_tie_break)
       .def_readwrite("gittins_classes", &SchedulerConfig::gittins_classes)
       .def_readwrite("starve_steps", &SchedulerConfig::starve_steps)
       .def_readwrite("starve_quantum", &SchedulerConfig::starve_quantum)

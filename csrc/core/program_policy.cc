@@ -72,9 +72,7 @@ std::vector<std::string> ProgramPolicy::begin_step() {
   if (policy_->needs_refresh()) {
     for (auto& [id, r] : calls_) {
       if (r->status == Status::kWaiting && policy_->refresh(*r, now_, step_)) {
-        changed.emplace_back(
-            Key{policy_->primary(*r), r->spec.arrival_time, r->num_preemptions, r->arrival_seq},
-            id);
+        changed.emplace_back(make_call_key(policy_->primary(*r), *r, cfg_.ltr_tie_break), id);
       }
     }
   }

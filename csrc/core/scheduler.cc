@@ -84,7 +84,7 @@ FinishedCall Scheduler::finish(const std::string& request_id, FinishReason reaso
 }
 
 Key Scheduler::make_key(const Request& r) const {
-  return Key{policy_->primary(r), r.spec.arrival_time, r.num_preemptions, r.arrival_seq};
+  return make_call_key(policy_->primary(r), r, cfg_.ltr_tie_break);
 }
 
 void Scheduler::enqueue(Queue& q, Request& r) {

@@ -6,17 +6,20 @@ Its packaged JSON file is cut off in the middle of a conversation, so ``json.loa
 ``json.JSONDecoder.raw_decode`` and stops at the first element that does not decode completely.
 
 Samples: every human turn that is directly followed by an assistant (``gpt``) turn gives one
-``(prompt, length)`` pair, where ``length`` is the token count of that assistant turn.
+``(prompt, length)`` pair, where ``length`` is the token count of that assistant turn; the turns
+before it are kept as the pair's ``history`` (the conversation context the prompt arrives with).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from pyserve.ltr.context import Turns
 
 LengthCounter = Callable[[list[str]], np.ndarray]
 
@@ -36,6 +39,9 @@ class LengthData:
     conv: np.ndarray  # int64 [n], index of the source conversation (file order)
     n_conversations: int
     tokenizer: str
+    # NOTE: per pair, the turns before its prompt (oldest first, see pyserve.ltr.context.Turns);
+    # empty = no context recorded for any pair.
+    history: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.prompts)
@@ -43,6 +49,14 @@ class LengthData:
             raise ValueError(
                 f"lengths {self.lengths.shape} and conv {self.conv.shape} must both be ({n},)"
             )
+        if self.history and len(self.history) != n:
+            raise ValueError(f"history has {len(self.history)} entries, need 0 or {n}")
+
+    def inputs(self, context: bool) -> list:
+        """Ranker inputs: the prompts, or with ``context`` each prompt with its earlier turns."""
+        if not context or not self.history:
+            return list(self.prompts)
+        return [Turns(p, h) for p, h in zip(self.prompts, self.history)]
 
     def subset(self, idx: np.ndarray) -> LengthData:
         """The pairs at positions ``idx`` (same tokenizer and conversation count)."""
@@ -53,6 +67,7 @@ class LengthData:
             conv=self.conv[idx],
             n_conversations=self.n_conversations,
             tokenizer=self.tokenizer,
+            history=[self.history[i] for i in idx] if self.history else [],
         )
 
 
@@ -107,14 +122,28 @@ def _skip(text: str, pos: int, extra: str) -> int:
 
 def turn_pairs(conversation: dict) -> list[tuple[str, str]]:
     """``(human prompt, following assistant reply)`` pairs of one conversation."""
+    return [(prompt, reply) for prompt, reply, _ in turn_samples(conversation)]
+
+
+def turn_samples(conversation: dict) -> list[tuple[str, str, tuple]]:
+    """``(human prompt, following assistant reply, earlier turns)`` of one conversation.
+
+    The earlier turns are ``(role, text)`` pairs, oldest first, roles 'user' / 'assistant'
+    (other roles are kept as 'other').
+    """
     turns = conversation.get("conversations") or []
-    pairs = []
-    for cur, nxt in zip(turns, turns[1:]):
+    seen = tuple(
+        ("user" if t.get("from") in _HUMAN_ROLES else
+         "assistant" if t.get("from") in _ASSISTANT_ROLES else "other", t.get("value") or "")
+        for t in turns
+    )  # fmt: skip
+    samples = []
+    for i, (cur, nxt) in enumerate(zip(turns, turns[1:])):
         if cur.get("from") in _HUMAN_ROLES and nxt.get("from") in _ASSISTANT_ROLES:
             prompt = cur.get("value") or ""
             if prompt.strip():
-                pairs.append((prompt, nxt.get("value") or ""))
-    return pairs
+                samples.append((prompt, nxt.get("value") or "", seen[:i]))
+    return samples
 
 
 def whitespace_counter(texts: list[str]) -> np.ndarray:
@@ -173,13 +202,14 @@ def load_sharegpt(
         raise ValueError(f"ShareGPT file not found: {path}")
     tok_name, counter = length_counter(tokenizer)
     text = path.read_text(encoding="utf-8")
-    prompts, replies, conv = [], [], []
+    prompts, replies, conv, history = [], [], [], []
     n_conv = 0
     for obj in iter_complete_conversations(text):
-        for prompt, reply in turn_pairs(obj):
+        for prompt, reply, before in turn_samples(obj):
             prompts.append(prompt)
             replies.append(reply)
             conv.append(n_conv)
+            history.append(before)
         n_conv += 1
         if max_conversations is not None and n_conv >= max_conversations:
             break
@@ -191,6 +221,7 @@ def load_sharegpt(
         conv=np.asarray(conv, dtype=np.int64),
         n_conversations=n_conv,
         tokenizer=tok_name,
+        history=history,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pyserve.ltr.encoders import build_encoder
-from pyserve.ltr.listmle import BUCKET_TOKENS, TrainStats, bucket_lengths, train_listmle
+from pyserve.ltr.listmle import (
+    BUCKET_TOKENS,
+    TrainOptions,
+    TrainStats,
+    bucket_lengths,
+    train_listmle,
+)
 from pyserve.ltr.metrics import kendall_tau
 
 FORMAT_VERSION = 1
@@ -54,8 +61,11 @@ class Ranker:
         bucket: int = BUCKET_TOKENS,
         seed: int = 0,
         log: Callable[[str], None] | None = None,
+        **options,
     ) -> TrainStats:
-        """Train on prompts and their output token counts (bucketed by ``bucket`` tokens)."""
+        """Train on inputs (prompts or chats, see :func:`pyserve.ltr.context.split_input`) and
+        their output token counts (bucketed by ``bucket`` tokens). ``options``: the other fields
+        of :class:`~pyserve.ltr.listmle.TrainOptions` (warmup, head_lr, aux_weight, ...)."""
         lengths = np.asarray(lengths)
         if len(prompts) != lengths.shape[0]:
             raise ValueError(f"{len(prompts)} prompts but {lengths.shape[0]} lengths")
@@ -63,20 +73,26 @@ class Ranker:
         with torch.no_grad():
             items = self.encoder.featurize(list(prompts))
         feat_s = time.perf_counter() - t0
+        train_opts = TrainOptions(
+            epochs=epochs,
+            list_size=list_size,
+            lr=lr if lr is not None else DEFAULT_LR[self.kind],
+            **options,
+        )
         stats = train_listmle(
             self.encoder,
             items,
             bucket_lengths(lengths, bucket),
-            epochs=epochs,
-            list_size=list_size,
-            lr=lr if lr is not None else DEFAULT_LR[self.kind],
+            train_opts,
+            lengths=lengths,
             seed=seed,
             log=log,
         )
         self.meta.update(
             n_train=len(prompts),
-            epochs=epochs,
-            list_size=list_size,
+            train_options=asdict(train_opts),
+            steps=stats.steps,
+            stopped_early=stats.stopped_early,
             bucket_tokens=bucket,
             featurize_seconds=round(feat_s, 2),
             train_seconds=round(stats.seconds, 2),
@@ -85,7 +101,8 @@ class Ranker:
         return stats
 
     def score(self, prompts: list[str], batch_size: int = 32) -> np.ndarray:
-        """One float64 score per prompt; lower = predicted shorter output = should run earlier."""
+        """One float64 score per input (a prompt, or a chat: a list of message dicts whose
+        earlier turns a context-aware ranker reads); lower = predicted shorter = runs earlier."""
         if isinstance(prompts, str):
             raise ValueError("score() takes a list of prompts, not a single string")
         if batch_size <= 0:
@@ -95,10 +112,14 @@ class Ranker:
             return np.zeros(0, dtype=np.float64)
         out = np.empty(len(prompts), dtype=np.float64)
         with torch.inference_mode():
-            for s in range(0, len(prompts), batch_size):
-                chunk = prompts[s : s + batch_size]
-                batch = self.encoder.collate(self.encoder.featurize(chunk))
-                out[s : s + len(chunk)] = self.encoder(batch).double().numpy()
+            items = self.encoder.featurize(prompts)
+            # NOTE: batches of similar token counts (less padding); each score is per input.
+            order = np.argsort([len(it[0]) if isinstance(it, tuple) else 0 for it in items],
+                               kind="stable")  # fmt: skip
+            for s in range(0, len(order), batch_size):
+                idx = order[s : s + batch_size]
+                batch = self.encoder.collate([items[i] for i in idx])
+                out[idx] = self.encoder(batch).double().numpy()
         return out
 
     def evaluate(self, prompts: list[str], lengths, batch_size: int = 64) -> dict:

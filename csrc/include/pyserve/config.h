@@ -48,6 +48,10 @@ struct SchedulerConfig {
   // plas hybrid: order the first calls of programs (no completed call yet) inside their queue by
   // the learned-ranking score, shortest predicted first, instead of by arrival.
   bool plas_ltr_first_call = false;
+  // Call-level tie-break: calls with equal primary keys (the same queue, the same Gittins rank)
+  // run shortest predicted first by their ltr score instead of by arrival time (arrival order
+  // stays the last tie-break). Any policy; it matters for the queued ones and gittins.
+  bool ltr_tie_break = false;
   // gittins: size classes by the first call's ltr-score quantile (0: one pooled distribution).
   int gittins_classes = 4;
   // ltr: a request unscheduled for starve_steps consecutive steps runs at top priority for its

@@ -93,4 +93,12 @@ struct Request {
   bool is_decode() const { return num_computed >= num_prompt && remaining_to_compute() == 1; }
 };
 
+/// A call's sort key under a policy's primary value: ties by arrival time, or with
+/// `ltr_tie_break` by the learned-ranking score (lower = predicted shorter; arrival order stays
+/// the last tie-break through k3).
+inline Key make_call_key(double primary, const Request& r, bool ltr_tie_break) {
+  return Key{primary, ltr_tie_break ? r.spec.ltr_score : r.spec.arrival_time, r.num_preemptions,
+             r.arrival_seq};
+}
+
 }  // namespace pyserve
