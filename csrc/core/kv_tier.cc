@@ -61,7 +61,7 @@ BlockId Scheduler::load_from_host(uint64_t h, uint64_t parent_uid, const TokenId
 const std::vector<uint64_t>& Scheduler::chain_hashes(Request& r) {
   const int bs = cfg_.block_size;
   const int full = r.num_tokens() / bs;
-  auto& hs = r.lookup_hashes;
+  auto& hs = r.block_hashes;
   if (int(hs.size()) > full) hs.clear();
   for (int i = int(hs.size()); i < full; ++i)
     hs.push_back(gpu_.masked_hash(i ? hs[i - 1] : 0, &r.tokens[size_t(i) * bs], r.salt_hash));
@@ -106,7 +106,7 @@ void Scheduler::pin_finished(Request& r) {
   Pin pin;
   pin.expiry = now_ + seconds;
   pin.value = retention_->pin_value(v, pin.expiry);
-  for (size_t i = 0; i < r.block_hashes.size() && i < r.blocks.size(); ++i) {
+  for (size_t i = 0; i < size_t(r.num_registered) && i < r.blocks.size(); ++i) {
     if (!gpu_.is_cached(r.blocks[i])) continue;
     gpu_.incref(r.blocks[i]);
     pin.blocks.push_back(r.blocks[i]);
