@@ -8,9 +8,13 @@
 namespace pyserve {
 
 RetentionView Scheduler::view_of(const std::string& program_id, int context_tokens) const {
+  return view_of(program_id.empty() ? nullptr : programs_->find(program_id), context_tokens);
+}
+
+RetentionView Scheduler::view_of(const ProgramEntry* program, int context_tokens) const {
   RetentionView v;
   v.now = now_;
-  v.program = program_id.empty() ? nullptr : programs_->find(program_id);
+  v.program = program;
   v.context_tokens = context_tokens;
   v.gpu_free_fraction = double(gpu_.num_free()) / double(gpu_.num_blocks());
   return v;
@@ -20,16 +24,15 @@ void Scheduler::on_gpu_evict(BlockId g, const CacheEntry& e) {
   // NOTE: runs inside gpu_.allocate() while the plan is built; the swap-out is ordered before
   // the step's swap-ins, copies and forward (docs/interfaces.md), so g may be rewritten safely.
   if (cpu_.num_blocks() == 0 || cpu_.holds(e.hash, e.uid)) return;
-  std::string key;
+  const ProgramEntry* program = nullptr;
   bool ended = false;
   if (auto it = owner_keys_.find(e.owner); it != owner_keys_.end()) {
     ended = it->second.empty();
-    if (programs_->contains(it->second))
-      key = it->second;
-    else if (!ended)
+    if (!ended) program = programs_->find(it->second);
+    if (!ended && program == nullptr)
       owner_keys_.erase(it);  // collected by the table's TTL: unknown from now on
   }
-  RetentionView v = view_of(key, 0);
+  RetentionView v = view_of(program, 0);
   v.ended = ended;
   if (!retention_->keep_on_host(v)) return;
   BlockId c = cpu_.allocate();  // may drop the least recently used host block
