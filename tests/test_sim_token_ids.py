@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pyserve import _core
-from pyserve.sim.trace import Call, Program, ProgramTokens, hash_block_ids
+from pyserve.sim.trace import Call, Program, ProgramTokens, draw_at, hash_block_ids
 
 M64 = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
@@ -50,6 +50,13 @@ def test_a_draw_prefix_equals_a_shorter_draw():
     long = _core.draw_token_ids(99, 1000, 16, 32000)
     assert np.array_equal(long[:37], _core.draw_token_ids(99, 37, 16, 32000))
     assert _core.draw_token_ids(99, 0, 16, 32000).shape == (0,)
+
+
+def test_draw_at_picks_elements_of_the_cpp_draws():
+    seeds = np.array([5, 2**64 - 3, 77], dtype=np.uint64)
+    pos = np.array([0, 9, 3])
+    want = [_core.draw_token_ids(int(s), 10, 16, 32000)[p] for s, p in zip(seeds, pos, strict=True)]
+    assert draw_at(seeds, pos, 16, 32000).tolist() == want
 
 
 def test_hash_block_ids_depend_on_the_hash_id_alone():

@@ -297,6 +297,24 @@ def stable_seed(*parts: str) -> int:
     return int.from_bytes(h.digest(), "little")
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+_SHIFTS = (np.uint64(30), np.uint64(27), np.uint64(31))
+
+
+def _finalize(z: np.ndarray, low: int, high: int) -> np.ndarray:
+    """SplitMix64's mixing of uint64 ``z`` (in place), mapped to int32 ids in [low, high)."""
+    z ^= z >> _SHIFTS[0]
+    z *= _MIX[0]
+    z ^= z >> _SHIFTS[1]
+    z *= _MIX[1]
+    z ^= z >> _SHIFTS[2]
+    z %= np.uint64(high - low)
+    out = z.astype(np.int32)
+    out += low
+    return out
+
+
 def hash_block_ids(hash_ids, block_tokens: int, low: int, high: int) -> np.ndarray:
     """Token ids in [low, high) of the blocks named by ``hash_ids``, concatenated (int32).
 
