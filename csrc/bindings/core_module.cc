@@ -8,6 +8,7 @@
 
 #include "pyserve/block_allocator.h"
 #include "pyserve/scheduler.h"
+#include "pyserve/token_ids.h"
 
 namespace py = pybind11;
 using namespace pyserve;
@@ -382,4 +383,25 @@ PYBIND11_MODULE(_core, m) {
   m.def("hash_block", [](uint64_t parent, const std::vector<TokenId>& t, uint64_t salt) {
     return hash_block(parent, t.data(), int(t.size()), salt);
   });
+  m.def(
+      "draw_token_ids",
+      [](uint64_t seed, int64_t n, int32_t low, int32_t high) {
+        if (n < 0) throw std::invalid_argument("draw_token_ids: n must be >= 0");
+        py::array_t<int32_t> out(n);
+        draw_token_ids(seed, n, low, high, out.mutable_data());
+        return out;
+      },
+      py::arg("seed"), py::arg("n"), py::arg("low"), py::arg("high"));
+  m.def(
+      "hash_block_token_ids",
+      [](py::array_t<uint64_t, py::array::c_style | py::array::forcecast> hash_ids,
+         int block_tokens, int32_t low, int32_t high) {
+        if (hash_ids.ndim() != 1) throw std::invalid_argument("hash_ids must be 1-D");
+        if (block_tokens < 1) throw std::invalid_argument("block_tokens must be >= 1");
+        py::array_t<int32_t> out(hash_ids.size() * block_tokens);
+        hash_block_token_ids(hash_ids.data(), hash_ids.size(), block_tokens, low, high,
+                             out.mutable_data());
+        return out;
+      },
+      py::arg("hash_ids"), py::arg("block_tokens"), py::arg("low"), py::arg("high"));
 }

@@ -18,9 +18,15 @@ inline uint64_t mix(uint64_t h, uint64_t v) {
 }  // namespace
 
 uint64_t hash_block(uint64_t parent_hash, const TokenId* tokens, int n, uint64_t salt_hash) {
-  uint64_t h = mix(0x51ed270b27e5d4c1ULL, parent_hash);
+  uint64_t h = mix(0x51ed270b27e5d4c1ULL ^ static_cast<uint64_t>(n), parent_hash);
   h = mix(h, salt_hash);
-  for (int i = 0; i < n; ++i) h = mix(h, static_cast<uint32_t>(tokens[i]));
+  // NOTE: two tokens per mix (one 64-bit word) halve the serial chain; the length in the seed
+  // keeps an odd tail from aliasing a zero-padded pair.
+  int i = 0;
+  for (; i + 1 < n; i += 2)
+    h = mix(h, uint64_t(static_cast<uint32_t>(tokens[i])) |
+                   uint64_t(static_cast<uint32_t>(tokens[i + 1])) << 32);
+  if (i < n) h = mix(h, static_cast<uint32_t>(tokens[i]));
   return h;
 }
 
@@ -40,7 +46,8 @@ BlockAllocator::BlockAllocator(int num_blocks, int block_size, uint64_t hash_mas
     : block_size_(block_size),
       hash_mask_(hash_mask),
       meta_(num_blocks),
-      tokens_(size_t(num_blocks) * block_size) {
+      tokens_(size_t(num_blocks) * block_size),
+      cache_(num_blocks) {
   for (BlockId b = 0; b < num_blocks; ++b) push_back(b);
 }
 
@@ -75,8 +82,7 @@ void BlockAllocator::push_back(BlockId b) {
 void BlockAllocator::evict(BlockId b) {
   Meta& m = meta_[b];
   if (m.hash_valid) {
-    auto it = cache_.find(m.hash);
-    if (it != cache_.end() && it->second == b) cache_.erase(it);
+    cache_.erase(m.hash, b);
     m.hash_valid = false;
   }
   m.uid = 0;  // children registered under the old contents can never verify again
@@ -120,15 +126,15 @@ bool BlockAllocator::matches(BlockId b, uint64_t parent_uid, const TokenId* toke
 
 BlockId BlockAllocator::match(uint64_t h, uint64_t parent_uid, const TokenId* tokens,
                               uint64_t salt_hash) const {
-  auto it = cache_.find(h);
-  if (it == cache_.end() || !matches(it->second, parent_uid, tokens, salt_hash)) return kNoBlock;
-  return it->second;
+  const BlockId b = cache_.find(h);
+  if (b == kNoBlock || !matches(b, parent_uid, tokens, salt_hash)) return kNoBlock;
+  return b;
 }
 
 bool BlockAllocator::holds(uint64_t h, uint64_t uid) const {
   if (uid == 0) return false;
-  auto it = cache_.find(h);
-  return it != cache_.end() && meta_[it->second].uid == uid;
+  const BlockId b = cache_.find(h);
+  return b != kNoBlock && meta_[b].uid == uid;
 }
 
 CacheEntry BlockAllocator::entry(BlockId b) const {
@@ -147,12 +153,12 @@ void BlockAllocator::insert(BlockId b, const CacheEntry& e) {
   m.salt = e.salt;
   m.owner = e.owner;
   std::memcpy(&tokens_[size_t(b) * block_size_], e.tokens, sizeof(TokenId) * block_size_);
-  cache_.emplace(e.hash, b);
+  cache_.insert(e.hash, b);
 }
 
 bool BlockAllocator::adopt(BlockId b, const CacheEntry& e) {
   check_id(b);
-  if (meta_[b].hash_valid || e.uid == 0 || cache_.count(e.hash)) return false;
+  if (meta_[b].hash_valid || e.uid == 0 || cache_.contains(e.hash)) return false;
   insert(b, e);
   return true;
 }
@@ -176,23 +182,17 @@ void BlockAllocator::lookup(const TokenId* tokens, int n, uint64_t salt_hash,
 BlockId BlockAllocator::register_block(BlockId b, BlockId parent, uint64_t parent_hash,
                                        const TokenId* tokens, uint64_t salt_hash, uint64_t* hash) {
   uint64_t parent_uid = parent == kNoBlock ? 0 : uid(parent);
-  if (parent != kNoBlock && parent_uid == 0) {  // the parent is no longer cached: stay uncached
-    *hash = masked_hash(parent_hash, tokens, salt_hash);
-    return b;
-  }
-  return register_child(b, parent_uid, parent_hash, tokens, salt_hash, 0, hash);
+  *hash = masked_hash(parent_hash, tokens, salt_hash);
+  if (parent != kNoBlock && parent_uid == 0) return b;  // the parent is gone: stay uncached
+  return register_child(b, parent_uid, *hash, tokens, salt_hash, 0);
 }
 
-BlockId BlockAllocator::register_child(BlockId b, uint64_t parent_uid, uint64_t parent_hash,
-                                       const TokenId* tokens, uint64_t salt_hash, uint64_t owner,
-                                       uint64_t* hash) {
+BlockId BlockAllocator::register_child(BlockId b, uint64_t parent_uid, uint64_t h,
+                                       const TokenId* tokens, uint64_t salt_hash, uint64_t owner) {
   check_id(b);
-  uint64_t h = masked_hash(parent_hash, tokens, salt_hash);
-  *hash = h;
   if (meta_[b].hash_valid) return b;  // already cached (a prefix hit)
-  auto it = cache_.find(h);
-  if (it != cache_.end())
-    return matches(it->second, parent_uid, tokens, salt_hash) ? it->second : b;
+  const BlockId old = cache_.find(h);
+  if (old != kNoBlock) return matches(old, parent_uid, tokens, salt_hash) ? old : b;
   insert(b, CacheEntry{h, next_cache_uid(), parent_uid, salt_hash, owner, tokens});
   return b;
 }
@@ -220,10 +220,15 @@ void BlockAllocator::check() const {
   }
   int n_valid = 0;
   for (BlockId b = 0; b < num_blocks(); ++b) n_valid += meta_[b].hash_valid;
-  if (n_valid != int(cache_.size())) throw std::logic_error("cached blocks missing from the map");
-  for (const auto& [h, b] : cache_) {
+  if (n_valid != cache_.size()) throw std::logic_error("cached blocks missing from the map");
+  cache_.for_each([&](uint64_t h, BlockId b) {
+    if (b < 0 || b >= num_blocks()) throw std::logic_error("cache map holds a bad block id");
     if (!meta_[b].hash_valid || meta_[b].hash != h) throw std::logic_error("cache map stale");
     if (meta_[b].uid == 0) throw std::logic_error("cached block without uid");
+  });
+  for (BlockId b = 0; b < num_blocks(); ++b) {
+    if (meta_[b].hash_valid && cache_.find(meta_[b].hash) != b)
+      throw std::logic_error("cached block not reachable through the map");
   }
 }
 

@@ -8,9 +8,13 @@
 namespace pyserve {
 
 RetentionView Scheduler::view_of(const std::string& program_id, int context_tokens) const {
+  return view_of(program_id.empty() ? nullptr : programs_->find(program_id), context_tokens);
+}
+
+RetentionView Scheduler::view_of(const ProgramEntry* program, int context_tokens) const {
   RetentionView v;
   v.now = now_;
-  v.program = program_id.empty() ? nullptr : programs_->find(program_id);
+  v.program = program;
   v.context_tokens = context_tokens;
   v.gpu_free_fraction = double(gpu_.num_free()) / double(gpu_.num_blocks());
   return v;
@@ -20,16 +24,15 @@ void Scheduler::on_gpu_evict(BlockId g, const CacheEntry& e) {
   // NOTE: runs inside gpu_.allocate() while the plan is built; the swap-out is ordered before
   // the step's swap-ins, copies and forward (docs/interfaces.md), so g may be rewritten safely.
   if (cpu_.num_blocks() == 0 || cpu_.holds(e.hash, e.uid)) return;
-  std::string key;
+  const ProgramEntry* program = nullptr;
   bool ended = false;
   if (auto it = owner_keys_.find(e.owner); it != owner_keys_.end()) {
     ended = it->second.empty();
-    if (programs_->contains(it->second))
-      key = it->second;
-    else if (!ended)
+    if (!ended) program = programs_->find(it->second);
+    if (!ended && program == nullptr)
       owner_keys_.erase(it);  // collected by the table's TTL: unknown from now on
   }
-  RetentionView v = view_of(key, 0);
+  RetentionView v = view_of(program, 0);
   v.ended = ended;
   if (!retention_->keep_on_host(v)) return;
   BlockId c = cpu_.allocate();  // may drop the least recently used host block
@@ -61,7 +64,7 @@ BlockId Scheduler::load_from_host(uint64_t h, uint64_t parent_uid, const TokenId
 const std::vector<uint64_t>& Scheduler::chain_hashes(Request& r) {
   const int bs = cfg_.block_size;
   const int full = r.num_tokens() / bs;
-  auto& hs = r.lookup_hashes;
+  auto& hs = r.block_hashes;
   if (int(hs.size()) > full) hs.clear();
   for (int i = int(hs.size()); i < full; ++i)
     hs.push_back(gpu_.masked_hash(i ? hs[i - 1] : 0, &r.tokens[size_t(i) * bs], r.salt_hash));
@@ -106,7 +109,7 @@ void Scheduler::pin_finished(Request& r) {
   Pin pin;
   pin.expiry = now_ + seconds;
   pin.value = retention_->pin_value(v, pin.expiry);
-  for (size_t i = 0; i < r.block_hashes.size() && i < r.blocks.size(); ++i) {
+  for (size_t i = 0; i < size_t(r.num_registered) && i < r.blocks.size(); ++i) {
     if (!gpu_.is_cached(r.blocks[i])) continue;
     gpu_.incref(r.blocks[i]);
     pin.blocks.push_back(r.blocks[i]);

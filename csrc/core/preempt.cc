@@ -22,7 +22,7 @@ void Scheduler::free_gpu_blocks(Request& r) {
   // evicted prefix would orphan every cached block after it, on either tier).
   for (auto it = r.blocks.rbegin(); it != r.blocks.rend(); ++it) gpu_.decref(*it);
   r.blocks.clear();
-  r.block_hashes.clear();
+  r.num_registered = 0;
   r.chain_tail_uid = 0;
   r.num_computed = 0;
 }

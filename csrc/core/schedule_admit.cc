@@ -21,7 +21,7 @@ void Scheduler::schedule_admissions() {
 void Scheduler::prefix_lookup(Request& r) {
   const int bs = cfg_.block_size;
   std::vector<BlockId> hits;
-  std::vector<uint64_t> hashes, uids;
+  std::vector<uint64_t> uids;
   const auto& hs = chain_hashes(r);
   uint64_t parent_uid = 0;
   int from_host = 0;
@@ -40,7 +40,6 @@ void Scheduler::prefix_lookup(Request& r) {
       ++from_host;
     }
     hits.push_back(g);
-    hashes.push_back(hs[i]);
     uids.push_back(uid);
     parent_uid = uid;
   }
@@ -56,7 +55,6 @@ void Scheduler::prefix_lookup(Request& r) {
     if (dst == kNoBlock) {
       gpu_.decref(src);
       hits.pop_back();
-      hashes.pop_back();
       uids.pop_back();
       cached -= bs;
     } else {
@@ -64,7 +62,6 @@ void Scheduler::prefix_lookup(Request& r) {
       plan_.copy.push_back(dst);
       deferred_decref_.push_back(src);  // NOTE: src must survive until the copy has run
       hits.back() = dst;
-      hashes.pop_back();
       uids.pop_back();
       cached = r.num_tokens() - 1;
     }
@@ -72,8 +69,8 @@ void Scheduler::prefix_lookup(Request& r) {
   counters_.prefix_hit_tokens += cached;
   r.num_cached_tokens = cached;
   r.num_computed = cached;
+  r.num_registered = int(uids.size());
   r.blocks = std::move(hits);
-  r.block_hashes = std::move(hashes);
   r.chain_tail_uid = uids.empty() ? 0 : uids.back();
 }
 
@@ -112,7 +109,7 @@ bool Scheduler::admit_swapped(Request& r) {
   counters_.blocks_swapped_in += int64_t(r.cpu_blocks.size());
   r.cpu_blocks.clear();
   // The new GPU blocks are not in the prefix cache; registering them again re-links the chain.
-  r.block_hashes.clear();
+  r.num_registered = 0;
   r.chain_tail_uid = 0;
   grow(r, &n, false);
   start_running(swapped_, r, n);

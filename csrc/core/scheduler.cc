@@ -46,8 +46,8 @@ SeqId Scheduler::add_request(RequestSpec spec) {
   }
   auto r = std::make_unique<Request>();
   r->id = id;
-  r->tokens = spec.prompt;
   r->num_prompt = static_cast<int>(spec.prompt.size());
+  r->tokens = std::move(spec.prompt);  // NOTE: the prompt lives on in tokens only
   r->salt_hash = hash_string(spec.cache_salt);
   r->arrival_seq = arrivals_++;
   r->spec = std::move(spec);

@@ -1,6 +1,8 @@
 // Phase 3 of a step: lay the chosen sequences out as flat, FlashInfer-ready arrays.
 #include "pyserve/step_plan.h"
 
+#include <algorithm>
+
 #include "pyserve/scheduler.h"
 
 namespace pyserve {
@@ -35,10 +37,13 @@ void Scheduler::build_plan() {
       const int idx = int(plan_.seq_ids.size());
       plan_.seq_ids.push_back(id);
       const int start = r.num_computed, end = start + n;
-      for (int t = start; t < end; ++t) {
-        plan_.input_ids.push_back(r.tokens[t]);
-        plan_.positions.push_back(t);
-        plan_.slot_mapping.push_back(int64_t(r.blocks[t / bs]) * bs + t % bs);
+      plan_.input_ids.insert(plan_.input_ids.end(), r.tokens.begin() + start,
+                             r.tokens.begin() + end);
+      for (int t = start; t < end; ++t) plan_.positions.push_back(t);
+      for (int t = start; t < end;) {  // slot of token t: blocks[t / bs] * bs + t % bs
+        const int b = t / bs, stop = std::min(end, (b + 1) * bs);
+        const int64_t base = int64_t(r.blocks[b]) * bs - int64_t(b) * bs;
+        for (; t < stop; ++t) plan_.slot_mapping.push_back(base + t);
       }
       plan_.qo_indptr.push_back(int32_t(plan_.input_ids.size()));
       const int nb = (end + bs - 1) / bs;

@@ -18,27 +18,28 @@ void Scheduler::register_full_blocks(Request& r) {
   if (!cfg_.enable_prefix_caching) return;
   const int bs = cfg_.block_size;
   const int full = r.num_computed / bs;
+  if (r.num_registered >= full) return;
   const uint64_t owner = r.tagged() ? hash_string(r.spec.program_id) : 0;
-  for (int i = int(r.block_hashes.size()); i < full; ++i) {
+  const std::vector<uint64_t>& hs = chain_hashes(r);  // covers every full block of tokens
+  for (int i = r.num_registered; i < full; ++i) {
     // NOTE: the parent must still be the entry verified at level i-1, on either tier. If it was
     // another request's block and got dropped since, the chain is broken: stop (safe).
-    const uint64_t parent_hash = i > 0 ? r.block_hashes[i - 1] : 0;
+    const uint64_t parent_hash = i > 0 ? hs[i - 1] : 0;
     if (i > 0 && !gpu_.holds(parent_hash, r.chain_tail_uid) &&
         !cpu_.holds(parent_hash, r.chain_tail_uid))
       return;
     const uint64_t parent_uid = i > 0 ? r.chain_tail_uid : 0;
     const TokenId* blk = &r.tokens[size_t(i) * bs];
-    uint64_t h = gpu_.masked_hash(parent_hash, blk, r.salt_hash);
+    const uint64_t h = hs[i];
     BlockId c = cpu_.num_blocks() ? cpu_.match(h, parent_uid, blk, r.salt_hash) : kNoBlock;
     BlockId canon;
     if (c != kNoBlock && gpu_.adopt(r.blocks[i], cpu_.entry(c))) {
       canon = r.blocks[i];  // recomputed content the host tier already has: same uid
     } else {
-      canon =
-          gpu_.register_child(r.blocks[i], parent_uid, parent_hash, blk, r.salt_hash, owner, &h);
+      canon = gpu_.register_child(r.blocks[i], parent_uid, h, blk, r.salt_hash, owner);
     }
     r.chain_tail_uid = gpu_.uid(canon);
-    r.block_hashes.push_back(h);
+    r.num_registered = i + 1;
     if (r.chain_tail_uid == 0) return;  // a colliding entry holds the slot: stay uncached
   }
 }

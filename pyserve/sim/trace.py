@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pyserve import _core
+
 _PROGRAM_KEYS = {"program_id": str, "arrival_s": float, "calls": list}
 _CALL_REQUIRED = {"call_id": str, "prompt_tokens": int, "output_tokens": int}
 _CALL_OPTIONAL = {
@@ -318,12 +320,10 @@ def hash_block_ids(hash_ids, block_tokens: int, low: int, high: int) -> np.ndarr
 
     Block k depends only on ``hash_ids[k]`` (SplitMix64 of ``hash * block_tokens + i``): equal
     hash ids give equal blocks in every call and program, so the prefix cache sees exactly the
-    trace's sharing. Vectorised: one numpy pass per call.
+    trace's sharing. Computed in the C++ core (``_core.hash_block_token_ids``).
     """
-    h = np.asarray(hash_ids, dtype=np.uint64)[:, None] * np.uint64(block_tokens)
-    z = (h + np.arange(block_tokens, dtype=np.uint64)[None, :]).ravel()
-    z += _GOLDEN  # NOTE: uint64 arithmetic wraps modulo 2^64, as SplitMix64 needs
-    return _finalize(z, low, high)
+    ids = np.asarray(hash_ids, dtype=np.uint64)
+    return _core.hash_block_token_ids(ids, block_tokens, low, high)
 
 
 def draw_at(seeds: np.ndarray, positions: np.ndarray, low: int, high: int) -> np.ndarray:
@@ -336,16 +336,13 @@ def draw_at(seeds: np.ndarray, positions: np.ndarray, low: int, high: int) -> np
 
 
 def _draw(n: int, seed: int, low: int, high: int) -> np.ndarray:
-    """``n`` ids in [low, high): SplitMix64 of (seed, position), a counter-based generator.
+    """``n`` ids in [low, high): SplitMix64's outputs from state ``seed`` (counter-based).
 
     NOTE: id i depends only on (seed, i), so the first k ids of a draw of n >= k equal a draw of
-    k: shared prefixes of different lengths agree on their common part. A handful of numpy ops,
-    no generator object per draw (the simulator draws twice per call).
+    k: shared prefixes of different lengths agree on their common part. One C++ call
+    (``_core.draw_token_ids``) per draw: the simulator draws twice per call.
     """
-    z = np.arange(1, n + 1, dtype=np.uint64)
-    z *= _GOLDEN
-    z += np.uint64(seed)  # NOTE: uint64 arithmetic wraps modulo 2^64, as SplitMix64 needs
-    return _finalize(z, low, high)
+    return _core.draw_token_ids(seed, n, low, high)
 
 
 class ProgramTokens:

@@ -3,9 +3,9 @@
 #include <cstdint>
 #include <functional>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
+#include "pyserve/block_index.h"
 #include "pyserve/types.h"
 
 namespace pyserve {
@@ -44,7 +44,7 @@ class BlockAllocator {
   int num_blocks() const { return static_cast<int>(meta_.size()); }
   int block_size() const { return block_size_; }
   int num_free() const { return num_free_; }
-  int num_cached() const { return static_cast<int>(cache_.size()); }
+  int num_cached() const { return cache_.size(); }
   int ref_count(BlockId b) const { return check_id(b), meta_[b].ref; }
   bool is_cached(BlockId b) const { return check_id(b), meta_[b].hash_valid; }
   /// Uid of the block's cache entry (0 when not cached).
@@ -68,9 +68,10 @@ class BlockAllocator {
   /// with different content keeps the old entry and returns `b` uncached.
   BlockId register_block(BlockId b, BlockId parent, uint64_t parent_hash, const TokenId* tokens,
                          uint64_t salt_hash, uint64_t* hash);
-  /// The same under a parent named by uid (0: first block); `owner` tags the entry.
-  BlockId register_child(BlockId b, uint64_t parent_uid, uint64_t parent_hash,
-                         const TokenId* tokens, uint64_t salt_hash, uint64_t owner, uint64_t* hash);
+  /// The same under a parent named by uid (0: first block), with the block's chained hash `h`
+  /// computed by the caller (masked_hash of its parent's hash and tokens); `owner` tags the entry.
+  BlockId register_child(BlockId b, uint64_t parent_uid, uint64_t h, const TokenId* tokens,
+                         uint64_t salt_hash, uint64_t owner);
   /// Caches block `b` under an entry copied from the other tier (same uid). Returns false, leaving
   /// `b` uncached, when the hash slot is taken.
   bool adopt(BlockId b, const CacheEntry& e);
@@ -116,7 +117,7 @@ class BlockAllocator {
   uint64_t hash_mask_;
   std::vector<Meta> meta_;
   std::vector<TokenId> tokens_;  // NOTE: [num_blocks * block_size], valid where hash_valid
-  std::unordered_map<uint64_t, BlockId> cache_;
+  BlockIndex cache_;
   BlockId head_ = kNoBlock, tail_ = kNoBlock;
   int num_free_ = 0;
   EvictHook on_evict_;

@@ -48,16 +48,18 @@ struct Request {
   int64_t arrival_seq = 0;      // order of arrival in the core; last tie-break
   std::vector<TokenId> tokens;  // prompt followed by outputs
   int num_prompt = 0;
-  int num_computed = 0;                // tokens whose K/V are in the cache
-  std::vector<BlockId> blocks;         // GPU block table
-  std::vector<BlockId> cpu_blocks;     // CPU block table while swapped
-  std::vector<uint64_t> block_hashes;  // chained hashes of registered full blocks, in order
-  // Cache-entry uid verified for the last entry of block_hashes (on either tier; it may belong
-  // to another request); 0 when none.
+  int num_computed = 0;             // tokens whose K/V are in the cache
+  std::vector<BlockId> blocks;      // GPU block table
+  std::vector<BlockId> cpu_blocks;  // CPU block table while swapped
+  // NOTE: chained hashes of the full blocks of tokens[0..block_hashes.size()*bs), in order: a
+  // function of the tokens alone (which only grow), so each block is hashed once for the whole
+  // life of the call (Scheduler::chain_hashes) and both the prefix lookups and the registration of
+  // computed blocks read them.
+  std::vector<uint64_t> block_hashes;
+  int num_registered = 0;  // leading blocks registered in (or found in) the prefix cache
+  // Cache-entry uid verified for block num_registered - 1 (on either tier; it may belong to
+  // another request); 0 when none.
   uint64_t chain_tail_uid = 0;
-  // NOTE: speed cache: chained hashes of the full blocks of tokens[0..lookup_hashes.size()*bs),
-  // computed once per waiting spell so a long prompt is not rehashed every step it waits.
-  std::vector<uint64_t> lookup_hashes;
   Status status = Status::kWaiting;
   FinishReason finish = FinishReason::kNone;
   int num_preemptions = 0;

@@ -116,6 +116,7 @@ class Scheduler {
   const std::vector<uint64_t>& chain_hashes(Request& r);
   void prefetch_waiting();
   RetentionView view_of(const std::string& program_id, int context_tokens) const;
+  RetentionView view_of(const ProgramEntry* program, int context_tokens) const;
   void pin_finished(Request& r);
   void release_pin(const std::string& key);
   void expire_pins();
