@@ -20,7 +20,7 @@ prompts and settings (``--engine vllm`` is the vLLM half: ``vllm.LLM.generate`` 
 model is the median tokens/s of each and their ratio:
 
     python benchmarks/bench_offline.py --vs-vllm /tmp/vllm-venv/bin/python --rounds 3
-        [--cpu-threads N]   # pyserve's threads (default: usable cores - 1, as vLLM's worker)
+        [--cpu-threads N]   # pyserve's threads (default: LLM's, every usable core)
 """
 
 from __future__ import annotations
@@ -159,7 +159,8 @@ def compare(args) -> None:
         p, v = statistics.median(tok_s["pyserve"]), statistics.median(tok_s["vllm"])
         print(json.dumps({"summary": "pyserve vs vLLM CPU", "model": key, "rounds": args.rounds,
                           "pyserve_cpu_threads": args.cpu_threads or "default",
-                          "pyserve_tok_s": p, "vllm_tok_s": v, "ratio": round(p / v, 2)}),
+                          "pyserve_tok_s": round(p, 1), "vllm_tok_s": round(v, 1),
+                          "ratio": round(p / v, 2)}),
               flush=True)  # fmt: skip
 
 
@@ -174,7 +175,7 @@ def main() -> None:
                     help="comma list of attention_backend values, run in turn per model")
     ap.add_argument("--engine", choices=("pyserve", "vllm"), default="pyserve")
     ap.add_argument("--cpu-threads", type=int, default=None,
-                    help="pyserve's cpu_threads (default: the engine's, usable cores - 1)")
+                    help="pyserve's cpu_threads (default: LLM's, every usable core)")
     ap.add_argument("--vs-vllm", metavar="PYTHON",
                     help="the Python of a venv with vLLM CPU: compare side by side")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds for --vs-vllm")

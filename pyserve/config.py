@@ -22,7 +22,8 @@ class ModelConfig:
     # imports, the C++ kernel (cpu) on CPU with fp32/bf16, the torch reference otherwise.
     attention_backend: str = "auto"
     # CPU intra-op threads (torch and the attention kernel; process-wide). None: the cores this
-    # process may run on minus one kept for the frontend, at least 1 (vLLM CPU's rule).
+    # process may run on minus one kept for the frontend, at least 1 (vLLM CPU's rule);
+    # LLM (offline, no frontend) passes every usable core instead.
     cpu_threads: int | None = None
     # real: run the model. sim: no weights; each step sleeps the cost-model time of `preset` and
     # draws its tokens as the simulator does (pyserve/sim/realtime.py); `model` gives the tokenizer.

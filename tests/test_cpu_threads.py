@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pyserve import LLM
-from pyserve.engine.components import apply_cpu_threads, default_cpu_threads
+from pyserve.engine.components import apply_cpu_threads, default_cpu_threads, usable_cores
 
 
 @pytest.fixture(autouse=True)
@@ -41,3 +41,9 @@ def test_cuda_device_leaves_torch_threads_alone():
     torch.set_num_threads(1)
     apply_cpu_threads(None, torch.device("cuda"))
     assert torch.get_num_threads() == 1
+
+
+def test_offline_llm_takes_every_usable_core():
+    torch.set_num_threads(1)
+    LLM("builtin:tiny", max_model_len=64, kv_cache_bytes=1 << 20)
+    assert torch.get_num_threads() == usable_cores()

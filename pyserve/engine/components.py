@@ -28,13 +28,17 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def default_cpu_threads() -> int:
     """The cores this process may run on, minus one kept for the frontend; at least 1."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+    return max(1, usable_cores() - 1)
 
 
 def apply_cpu_threads(requested: int | None, device: torch.device) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pyserve.config import EngineConfig
+from pyserve.engine.components import usable_cores
 from pyserve.engine.engine import Engine, expand_n
 from pyserve.engine.messages import Abort, AddCall, CallSpec, ProgramOp
 from pyserve.engine.output_processor import OutputProcessor
@@ -25,9 +26,15 @@ class LLM:
 
     `engine_options` are the flat fields of the config tree (see pyserve.config), e.g.
     `LLM("builtin:tiny", block_size=16, max_num_batched_tokens=512, policy="plas")`.
+    On CPU, ``cpu_threads`` defaults to every usable core (nothing else runs beside the step
+    loop offline; the engine's own default keeps one core for a server's frontend).
     """
 
     def __init__(self, model: str = "builtin:tiny", **engine_options: Any) -> None:
+        # NOTE: offline, no frontend runs beside the step loop, so a CPU engine takes every
+        # usable core unless told otherwise (a server keeps one for its event loop).
+        if engine_options.get("cpu_threads") is None:
+            engine_options["cpu_threads"] = usable_cores()
         self.engine = Engine(EngineConfig.from_kwargs(model, **engine_options))
         self._ids = itertools.count()
 
