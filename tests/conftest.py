@@ -84,6 +84,24 @@ def one_torch_thread():
     torch.set_num_threads(prev)
 
 
+@pytest.fixture(scope="module")
+def server(engine):
+    """The HTTP server on the module's ``engine`` fixture (a module may define its own)."""
+    from pyserve.server.app import build_app
+    from pyserve.server.runner import ServerThread
+
+    with ServerThread(build_app(engine)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """The official openai client on the module's ``server``."""
+    import openai
+
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", timeout=60, max_retries=0)
+
+
 def tiny_async_engine(**engine_options):
     """An AsyncEngine on builtin:tiny with a 16 MiB KV cache (server tests)."""
     from pyserve.config import EngineConfig

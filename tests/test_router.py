@@ -148,6 +148,7 @@ def test_sync_program_raises_local_entry_to_global_values():
 def test_replica_applies_global_program_values():
     from pyserve.cluster.replica import Replica
     from pyserve.config import EngineConfig
+    from pyserve.engine.messages import CallSpec
     from pyserve.sampling_params import SamplingParams
 
     rep = Replica(EngineConfig.from_kwargs("builtin:tiny", device="cpu", kv_cache_bytes=8 << 20))
@@ -156,7 +157,7 @@ def test_replica_applies_global_program_values():
     async def run():
         items = [
             x
-            async for x in rep.generate("c", [1, 2, 3], params, program_id="p",
+            async for x in rep.generate(CallSpec("c", [1, 2, 3], params, program_id="p"),
                                         program_values=(3.0, 2.0, 0.0))
         ]  # fmt: skip
         out, report, (free, total) = items[-1]

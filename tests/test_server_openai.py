@@ -16,8 +16,6 @@ openai = pytest.importorskip("openai")
 
 from pyserve.config import EngineConfig  # noqa: E402
 from pyserve.model.loader import resolve_model_path  # noqa: E402
-from pyserve.server.app import build_app  # noqa: E402
-from pyserve.server.runner import ServerThread  # noqa: E402
 
 MODEL = "builtin:tiny"
 PROMPT = "The scheduler looks at"
@@ -31,17 +29,6 @@ def engine():
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def server(engine):
-    with ServerThread(build_app(engine)) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", timeout=60, max_retries=0)
 
 
 @pytest.fixture(scope="module")

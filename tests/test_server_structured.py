@@ -49,11 +49,6 @@ def server():
         yield srv
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", timeout=60, max_retries=0)
-
-
 def _schema_format(schema: dict, strict: bool | None = True) -> dict:
     return {"type": "json_schema", "json_schema": {"name": "pet", "schema": schema,
                                                    "strict": strict}}  # fmt: skip

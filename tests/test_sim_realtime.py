@@ -17,9 +17,7 @@ from pyserve.engine import Engine  # noqa: E402
 from pyserve.engine.async_engine import AsyncEngine  # noqa: E402
 from pyserve.engine.messages import AddCall, CallSpec  # noqa: E402
 from pyserve.sampling_params import SamplingParams  # noqa: E402
-from pyserve.server.app import build_app  # noqa: E402
 from pyserve.server.cli import register  # noqa: E402
-from pyserve.server.runner import ServerThread  # noqa: E402
 from pyserve.sim.cost_model import CostModel  # noqa: E402
 from pyserve.sim.presets import get_preset  # noqa: E402
 from pyserve.sim.trace import _draw, stable_seed  # noqa: E402
@@ -33,17 +31,6 @@ SIM = {"executor": "sim", "preset": PRESET}
 def engine():
     eng = AsyncEngine.from_config(EngineConfig.from_kwargs("builtin:tiny", **SIM))
     yield eng
-
-
-@pytest.fixture(scope="module")
-def server(engine):
-    with ServerThread(build_app(engine)) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", timeout=60, max_retries=0)
 
 
 def predicted_seconds(prompt_len: int, out: int, block_size: int = 16) -> tuple[float, float]:

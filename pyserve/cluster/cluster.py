@@ -28,6 +28,7 @@ from pyserve.cluster.router import Router, RouterOptions
 from pyserve.config import EngineConfig
 from pyserve.engine.client import EngineDeadError, EngineError
 from pyserve.engine.engine import check_prompt_length
+from pyserve.engine.messages import CallSpec
 from pyserve.engine.outputs import RequestOutput
 from pyserve.sampling_params import SamplingParams
 
@@ -101,14 +102,14 @@ class RayCluster:
     ) -> AsyncIterator[RequestOutput]:
         """Routes the call, streams its outputs from the replica (see the module for failures)."""
         num_tokens = self._validate(request_id, prompt, params)
-        kwargs = dict(priority=priority, program_id=program_id, ltr_score=ltr_score)
+        spec = CallSpec(request_id, prompt, params, priority, program_id, ltr_score)
         for attempt in range(2):
             engine = self._route(request_id, program_id, num_tokens)
             streamed = False
             try:
                 # NOTE: aclosing: a client that stops iterating closes the replica stream now,
                 # which aborts the call there (frees its KV) instead of at garbage collection.
-                stream = self._stream(engine, request_id, prompt, params, kwargs)
+                stream = self._stream(engine, spec)
                 async with contextlib.aclosing(stream):
                     async for out in stream:
                         streamed = True
@@ -227,15 +228,12 @@ class RayCluster:
         except RuntimeError as e:
             raise EngineDeadError(str(e)) from None
 
-    async def _stream(self, engine: int, request_id: str, prompt, params, kwargs: dict):
-        values = self.router.program_values(kwargs["program_id"])
+    async def _stream(self, engine: int, spec: CallSpec):
+        request_id = spec.request_id
+        values = self.router.program_values(spec.program_id)
         if values is not None:
             values = (values.service, values.critical, values.wait)
-        gen = (
-            self._actors[engine]
-            .generate.options(num_returns="streaming")
-            .remote(request_id, prompt, params, program_values=values, **kwargs)
-        )
+        gen = self._actors[engine].generate.options(num_returns="streaming").remote(spec, values)
         finished = False
         try:
             async for ref in gen:

@@ -20,7 +20,6 @@ from pyserve.config import EngineConfig
 from pyserve.engine.async_engine import AsyncEngine
 from pyserve.engine.engine import Engine
 from pyserve.engine.messages import CallSpec
-from pyserve.sampling_params import SamplingParams
 
 
 class Replica:
@@ -60,22 +59,14 @@ class Replica:
         return {**st, "replica_id": self.replica_id, "live": st["num_live_requests"]}
 
     async def generate(
-        self,
-        request_id: str,
-        prompt: str | list[int],
-        params: SamplingParams,
-        priority: float = 0.0,
-        program_id: str | None = None,
-        ltr_score: float | None = None,
-        program_values: tuple[float, float, float] | None = None,
+        self, spec: CallSpec, program_values: tuple[float, float, float] | None = None
     ) -> AsyncIterator[tuple]:
         """Queues the call and yields ``(output, report, kv)`` until it finishes (see module).
         ValueError for bad input (nothing queued)."""
         self.health()
         client = self._client()
-        if program_id and program_values is not None:
-            await client.sync_program(program_id, tuple(program_values))
-        spec = CallSpec(request_id, prompt, params, priority, program_id, ltr_score)
+        if spec.program_id and program_values is not None:
+            await client.sync_program(spec.program_id, tuple(program_values))
         async for out in client.generate_call(spec):
             report = None
             if out.finished and out.metrics is not None:

@@ -42,7 +42,8 @@ def default_cpu_threads() -> int:
 
 
 def apply_cpu_threads(requested: int | None, device: torch.device) -> None:
-    """Sets torch's intra-op threads for a CPU engine (the attention kernel follows torch).
+    """Sets torch's intra-op threads: ``requested`` on any device, the default on CPU only
+    (the attention kernel follows torch).
 
     NOTE: process-wide. On a shared or small host, fork-join threads that lose their core to
     another process stall every parallel region; one core is kept free for the frontend (HTTP,
@@ -51,8 +52,10 @@ def apply_cpu_threads(requested: int | None, device: torch.device) -> None:
     if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int)
                                   or requested < 1):  # fmt: skip
         raise ValueError(f"cpu_threads must be an integer >= 1, got {requested!r}")
-    if device.type == "cpu":
-        torch.set_num_threads(requested or default_cpu_threads())
+    if requested is not None:  # honoured on any device: host-side torch work uses them too
+        torch.set_num_threads(requested)
+    elif device.type == "cpu":
+        torch.set_num_threads(default_cpu_threads())
 
 
 def make_kv_cache(model_cfg, cache: CacheConfig, dtype: torch.dtype, device: torch.device,
